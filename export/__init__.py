@@ -1,0 +1,1 @@
+"""``loda.export``: ONNX export (normalisation in the graph) and TensorRT engine builds."""

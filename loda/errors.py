@@ -1,0 +1,21 @@
+"""User-facing errors: the CLIs print these as one line and exit 1 (no traceback)."""
+
+from __future__ import annotations
+
+__all__ = ["BackboneWeightsError", "CheckpointError", "LodaError", "StateDictMismatch"]
+
+
+class LodaError(Exception):
+    """A problem with the user's input (a file, an option), not an internal bug."""
+
+
+class BackboneWeightsError(LodaError):
+    """Pretrained backbone weights were asked for but are missing or unusable."""
+
+
+class CheckpointError(LodaError):
+    """A checkpoint file is missing, malformed, of another schema, or not a LoDa checkpoint."""
+
+
+class StateDictMismatch(LodaError):
+    """Tensors missing, unexpected or mis-shaped when loading weights into a module."""

@@ -1,0 +1,591 @@
+"""The single image preprocessing implementation of LoDa (numpy + Pillow only, no torch).
+
+Training, evaluation, export verification and the torch-free runtime all call this module, so a
+score computed anywhere in the toolchain sees exactly the same pixels. It must never import torch.
+
+Pipeline (``preprocess_image``)::
+
+    decode_image  ->  resize_short_side  ->  crop_positions  ->  extract_crops   (uint8 NHWC)
+                                                              ->  normalize       (float32 NCHW)
+
+Decoding rules (``decode_image``)
+---------------------------------
+The file is opened with Pillow, the decompression-bomb limit ``max_pixels`` is checked on the
+header size *before* any pixel is decoded, the first frame is decoded (GIF, TIFF, APNG, MPO:
+frame 0), the EXIF orientation is applied (``PIL.ImageOps.exif_transpose``), and the result is
+converted to an RGB ``uint8`` array of shape ``(H, W, 3)`` (C-contiguous) by mode:
+
+* ``RGB``: as is.
+* ``L``, ``1``: the grey value is replicated to R, G and B (``1`` becomes 0 / 255).
+* ``P``: ``convert("RGB")`` through the palette, unless the image has transparency (see alpha).
+* Alpha rule (``RGBA``, ``LA``, ``PA``, ``RGBa``, and ``P`` / ``L`` / ``RGB`` / ``1`` images with
+  a ``"transparency"`` entry in ``im.info``): the image is converted to ``RGBA`` by Pillow and
+  composited onto the opaque colour ``alpha_background`` (default white) with exact integer
+  math, per channel ``out = round((c * a + bg * (255 - a)) / 255)``, i.e.
+  ``(c * a + bg * (255 - a) + 127) // 255``; then alpha is dropped.
+* ``CMYK``: Pillow's ``convert("RGB")`` (naive formula; embedded ICC profiles are ignored, no
+  colour management). ``YCbCr``, ``LAB``, ``HSV``, ``RGBX``: Pillow's ``convert("RGB")``.
+* 16-bit grey (``I;16``, ``I;16B``, ``I;16L``, ``I;16N``) and 32-bit ``I`` / ``F``: scaled to 8
+  bits by ``round(v / 257)`` (65535 -> 255, exact rounding, unlike Pillow's ``convert`` which
+  clips at 255), then replicated to RGB. ``I`` and ``F`` are assumed to hold the 16-bit range and
+  are clipped to [0, 65535] first (``F``: NaN -> 0, round half to even).
+* 16-bit RGB(A) PNGs are reduced to 8 bits by Pillow itself when opened (a Pillow limitation);
+  they arrive here as ``RGB`` / ``RGBA``.
+* Any other mode: Pillow's ``convert("RGB")``; if Pillow cannot, ``ImageDecodeError``.
+
+Any failure (missing file, zero bytes, unidentified format, truncated data, broken EXIF, image
+over the pixel limit) raises ``ImageDecodeError`` (a ``ValueError``) with a one-line message that
+names the source and the cause. ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` is never set here: a
+truncated file is an error, not a silently grey image.
+
+Resize rule (``resize_short_side``)
+-----------------------------------
+The LoDa authors (NeosXu/LoDa) resized every dataset once with torchvision
+``Resize(384, interpolation=BICUBIC)`` on PIL images. We reproduce that without torchvision: the
+short side becomes ``short``, the long side ``int(short * long / short_side)`` (truncation, as
+torchvision's ``_compute_resized_output_size``), then Pillow ``Image.resize((w, h), BICUBIC)``,
+which is antialiased (the kernel is widened when downscaling). When the size would not change,
+the image is returned untouched (torchvision skips too). Upscaling uses the same rule.
+
+Crop layouts
+------------
+* ``"grid"`` (deterministic, used for evaluation and serving): ``rows x cols == num_crops`` is the
+  factor pair whose aspect ``cols / rows`` is closest to the image aspect ``width / height``
+  (minimise ``|log((cols / rows) / (width / height))|``, exact; ties -> fewer rows). Row tops are
+  ``round(linspace(0, H - crop, rows))`` (a single row is centred at ``(H - crop) // 2``), columns
+  likewise; positions are listed row-major. For 15 crops a landscape image gets 3 x 5, a portrait
+  one 5 x 3, a square one 3 x 5; the first crop is at (0, 0) and the last at (H - crop, W - crop).
+* ``"random"`` (the authors' protocol, torchvision ``RandomCrop``): every crop's top-left corner
+  is drawn independently and uniformly over all valid integer positions with
+  ``numpy.random.default_rng(seed)``; the same seed gives the same positions.
+
+Normalisation (``normalize``) reproduces torchvision ``ToTensor()`` + ``Normalize(mean, std)`` in
+float32, operation for operation: ``(float32(x) / 255 - float32(mean)) / float32(std)``.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import numbers
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from fractions import Fraction
+from typing import Any, BinaryIO
+
+import numpy as np
+from PIL import Image, ImageOps
+
+__all__ = [
+    "DEFAULT_CONFIG",
+    "DEFAULT_MAX_PIXELS",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "LAYOUTS",
+    "RESIZE_FILTERS",
+    "RESIZE_RULE",
+    "ImageDecodeError",
+    "PreprocessConfig",
+    "PreprocessedImage",
+    "crop_positions",
+    "decode_image",
+    "extract_crops",
+    "grid_positions",
+    "normalize",
+    "preprocess_image",
+    "preprocess_image_with_info",
+    "random_positions",
+    "resize_short_side",
+    "resized_size",
+]
+
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+#: Same value as Pillow's default ``Image.MAX_IMAGE_PIXELS`` (1024**3 // 4 // 3 pixels), so
+#: within the default limit Pillow never warns either.
+DEFAULT_MAX_PIXELS: int = 89_478_485
+
+RESIZE_FILTERS: dict[str, Image.Resampling] = {
+    "nearest": Image.Resampling.NEAREST,
+    "box": Image.Resampling.BOX,
+    "bilinear": Image.Resampling.BILINEAR,
+    "hamming": Image.Resampling.HAMMING,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+LAYOUTS: tuple[str, ...] = ("grid", "random")
+
+#: Human-readable statement of the resize rule; stored with the config in ``to_dict()``.
+RESIZE_RULE: str = (
+    "short side -> resize_short, long side -> int(resize_short * long / short) "
+    "(torchvision Resize(int) size rule, truncation); Pillow Image.resize with resize_filter "
+    "(antialiased when downscaling); skipped when the size is unchanged"
+)
+
+ImageSource = str | os.PathLike | bytes | bytearray | memoryview | BinaryIO
+
+_ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "PA"})
+_TRANSPARENCY_KEY_MODES = frozenset({"P", "L", "RGB", "1"})
+_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I", "F"})
+
+
+class ImageDecodeError(ValueError):
+    """An image could not be decoded (or was refused); the message is one line."""
+
+
+# --------------------------------------------------------------------------------------------
+# Config
+# --------------------------------------------------------------------------------------------
+
+
+def _as_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"PreprocessConfig.{name} must be an int, got {value!r}")
+    return int(value)
+
+
+def _as_triple(name: str, value: Any, *, kind: type, owner: str = "PreprocessConfig.") -> tuple:
+    name = owner + name
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) != 3:
+        raise ValueError(f"{name} must be a sequence of 3 numbers, got {value!r}")
+    out = []
+    for v in value:
+        if kind is int:
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+                raise ValueError(f"{name} must hold 3 ints, got {value!r}")
+            out.append(int(v))
+        else:
+            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
+                raise ValueError(f"{name} must hold 3 finite numbers, got {value!r}")
+            out.append(float(v))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """Preprocessing parameters; the one record that travels with the weights.
+
+    ``resize_short`` / ``resize_filter``: see the resize rule in the module docstring (the LoDa
+    authors used torchvision ``Resize(384, BICUBIC)`` on PIL images). ``crop_size`` /
+    ``num_crops`` / ``layout``: the crops fed to the model (``"grid"`` deterministic,
+    ``"random"`` the authors' RandomCrop protocol). ``mean`` / ``std``: ``Normalize`` constants.
+    ``alpha_background``: opaque RGB colour transparent images are composited onto.
+    """
+
+    resize_short: int = 384
+    resize_filter: str = "bicubic"
+    crop_size: int = 224
+    num_crops: int = 15
+    layout: str = "grid"
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    alpha_background: tuple[int, int, int] = (255, 255, 255)
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        for name in ("resize_short", "crop_size", "num_crops"):
+            value = _as_int(name, getattr(self, name))
+            if value <= 0:
+                raise ValueError(f"PreprocessConfig.{name} must be positive, got {value}")
+            set_(self, name, value)
+        if self.crop_size > self.resize_short:
+            raise ValueError(
+                f"PreprocessConfig.crop_size ({self.crop_size}) must be <= resize_short "
+                f"({self.resize_short})"
+            )
+        if self.layout not in LAYOUTS:
+            raise ValueError(
+                f"PreprocessConfig.layout must be one of {list(LAYOUTS)}, got {self.layout!r}"
+            )
+        if self.resize_filter not in RESIZE_FILTERS:
+            raise ValueError(
+                f"PreprocessConfig.resize_filter must be one of {sorted(RESIZE_FILTERS)}, "
+                f"got {self.resize_filter!r}"
+            )
+        set_(self, "mean", _as_triple("mean", self.mean, kind=float))
+        std = _as_triple("std", self.std, kind=float)
+        if any(s <= 0 for s in std):
+            raise ValueError(f"PreprocessConfig.std must be > 0, got {std}")
+        set_(self, "std", std)
+        bg = _as_triple("alpha_background", self.alpha_background, kind=int)
+        if any(not 0 <= c <= 255 for c in bg):
+            raise ValueError(f"PreprocessConfig.alpha_background must be in 0..255, got {bg}")
+        set_(self, "alpha_background", bg)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly dict (tuples as lists) plus ``"resize_rule"`` (``RESIZE_RULE``)."""
+        d: dict[str, Any] = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            d[f.name] = list(v) if isinstance(v, tuple) else v
+        d["resize_rule"] = RESIZE_RULE
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PreprocessConfig:
+        """Inverse of ``to_dict``; missing keys take defaults, unknown keys are an error.
+
+        A ``"resize_rule"`` entry, when present, must equal ``RESIZE_RULE``.
+        """
+        if not isinstance(d, dict):
+            raise ValueError(f"PreprocessConfig.from_dict expects a dict, got {type(d).__name__}")
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names - {"resize_rule"}, key=str)
+        if unknown:
+            raise ValueError(
+                f"PreprocessConfig.from_dict: unknown key(s) {', '.join(map(repr, unknown))}; "
+                f"known keys: {', '.join(sorted(names))}"
+            )
+        rule = d.get("resize_rule", RESIZE_RULE)
+        if rule != RESIZE_RULE:
+            raise ValueError(
+                f"PreprocessConfig.from_dict: resize_rule {rule!r} differs from this "
+                f"implementation's {RESIZE_RULE!r}"
+            )
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+DEFAULT_CONFIG = PreprocessConfig()
+
+
+# --------------------------------------------------------------------------------------------
+# Decoding
+# --------------------------------------------------------------------------------------------
+
+
+def _describe_source(source: Any) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        return repr(os.fspath(source))
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return f"<{len(memoryview(source).cast('B'))} bytes>"
+    name = getattr(source, "name", None)
+    if isinstance(name, (str, bytes)):
+        return f"<file {name!r}>"
+    return f"<{type(source).__name__} object>"
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _composite(rgba: np.ndarray, background: tuple[int, int, int]) -> np.ndarray:
+    """Exact alpha blend of an RGBA uint8 array onto an opaque colour, rounded to nearest."""
+    a = rgba[..., 3:4].astype(np.uint32)
+    c = rgba[..., :3].astype(np.uint32)
+    bg = np.asarray(background, dtype=np.uint32)
+    out = (c * a + bg * (255 - a) + 127) // 255
+    return out.astype(np.uint8)
+
+
+def _sixteen_bit_to_u8(arr: np.ndarray, mode: str) -> np.ndarray:
+    if mode == "F":
+        v = np.nan_to_num(arr.astype(np.float64), nan=0.0)
+        v = np.rint(np.clip(v, 0.0, 65535.0) / 257.0)
+        return v.astype(np.uint8)
+    v = np.clip(arr.astype(np.int64), 0, 65535)
+    # round(v / 257) exactly: v / 257 is never exactly halfway between integers.
+    return ((v + 128) // 257).astype(np.uint8)
+
+
+def _to_rgb_array(im: Image.Image, background: tuple[int, int, int]) -> np.ndarray:
+    mode = im.mode
+    if mode == "RGB" and im.info.get("transparency") is None:
+        arr = np.asarray(im)
+    elif mode in _ALPHA_MODES or (
+        mode in _TRANSPARENCY_KEY_MODES and im.info.get("transparency") is not None
+    ):
+        arr = _composite(np.asarray(im.convert("RGBA")), background)
+    elif mode in _SIXTEEN_BIT_MODES:
+        grey = _sixteen_bit_to_u8(np.asarray(im), mode)
+        arr = np.repeat(grey[:, :, None], 3, axis=2)
+    elif mode == "1":
+        arr = np.asarray(im.convert("L").convert("RGB"))
+    else:  # L, P, CMYK, YCbCr, LAB, HSV, RGBX, ...
+        arr = np.asarray(im.convert("RGB"))
+    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
+        raise ValueError(f"mode {mode!r} converted to {arr.dtype} {arr.shape}, not RGB uint8")
+    return np.ascontiguousarray(arr)
+
+
+def decode_image(
+    source: ImageSource,
+    *,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    alpha_background: tuple[int, int, int] = (255, 255, 255),
+) -> np.ndarray:
+    """Decode ``source`` (path, bytes or binary file object) to RGB uint8 ``(H, W, 3)``.
+
+    See the module docstring for the per-mode rules. ``max_pixels`` (``None``: no limit of ours)
+    is checked on the header size before decoding. Pillow's own process-wide bomb limit
+    (``PIL.Image.MAX_IMAGE_PIXELS``, an error above twice its value) still applies; this function
+    never changes it. Raises ``ImageDecodeError`` on any failure.
+    """
+    name = _describe_source(source)
+    background = _as_triple("alpha_background", alpha_background, kind=int, owner="")
+    if any(not 0 <= c <= 255 for c in background):
+        raise ValueError(f"alpha_background must be in 0..255, got {background}")
+    try:
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            fp: Any = io.BytesIO(bytes(source))
+        elif isinstance(source, (str, os.PathLike)):
+            fp = os.fspath(source)
+        elif hasattr(source, "read"):
+            fp = source
+        else:
+            raise ImageDecodeError(
+                f"cannot decode {name}: expected a path, bytes or a binary file object"
+            )
+        with Image.open(fp) as im:
+            w, h = im.size
+            if max_pixels is not None and w * h > max_pixels:
+                raise ImageDecodeError(
+                    f"cannot decode {name}: {w}x{h} = {w * h} pixels exceeds the limit of "
+                    f"{max_pixels}; raise max_pixels if the image is trusted"
+                )
+            im.load()  # Image.open is positioned on frame 0 of multi-frame files
+            im = ImageOps.exif_transpose(im)
+            return _to_rgb_array(im, background)
+    except ImageDecodeError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise ImageDecodeError(
+            f"cannot decode {name}: {_one_line(e)} (Pillow's process-wide limit "
+            "PIL.Image.MAX_IMAGE_PIXELS applies on top of max_pixels)"
+        ) from e
+    except Exception as e:  # Pillow plugins raise many types (OSError, SyntaxError, ...)
+        raise ImageDecodeError(f"cannot decode {name}: {_one_line(e)}") from e
+
+
+# --------------------------------------------------------------------------------------------
+# Resize
+# --------------------------------------------------------------------------------------------
+
+
+def resized_size(width: int, height: int, short: int = 384) -> tuple[int, int]:
+    """Output ``(width, height)`` of the torchvision ``Resize(short)`` rule (truncation)."""
+    if width <= 0 or height <= 0 or short <= 0:
+        raise ValueError(f"sizes must be positive, got {width}x{height} -> short {short}")
+    if width <= height:
+        return short, int(short * height / width)
+    return int(short * width / height), short
+
+
+def _check_rgb_u8(img: Any, what: str) -> np.ndarray:
+    if not isinstance(img, np.ndarray) or img.dtype != np.uint8 or img.ndim != 3:
+        got = f"{img.dtype} {img.shape}" if isinstance(img, np.ndarray) else type(img).__name__
+        raise ValueError(f"{what} must be a uint8 (H, W, 3) array, got {got}")
+    if img.shape[2] != 3 or img.shape[0] == 0 or img.shape[1] == 0:
+        raise ValueError(f"{what} must be a uint8 (H, W, 3) array, got shape {img.shape}")
+    return img
+
+
+def resize_short_side(img: np.ndarray, short: int = 384, filter: str = "bicubic") -> np.ndarray:
+    """Resize RGB uint8 ``(H, W, 3)`` so its short side is ``short`` (torchvision rule).
+
+    Long side ``int(short * long / short_side)``; Pillow ``Image.resize`` with ``filter``
+    (antialiased). Returns ``img`` itself when the size would not change.
+    """
+    _check_rgb_u8(img, "resize_short_side input")
+    if filter not in RESIZE_FILTERS:
+        raise ValueError(f"filter must be one of {sorted(RESIZE_FILTERS)}, got {filter!r}")
+    h, w = img.shape[:2]
+    new_w, new_h = resized_size(w, h, short)
+    if (new_w, new_h) == (w, h):
+        return img
+    pil = Image.fromarray(np.ascontiguousarray(img))
+    out = pil.resize((new_w, new_h), RESIZE_FILTERS[filter])
+    return np.ascontiguousarray(np.asarray(out))
+
+
+# --------------------------------------------------------------------------------------------
+# Crop layouts
+# --------------------------------------------------------------------------------------------
+
+
+def _check_crop_fits(height: int, width: int, crop_size: int, num_crops: int) -> None:
+    if crop_size <= 0 or num_crops <= 0:
+        raise ValueError(f"crop_size and num_crops must be positive, got {crop_size}, {num_crops}")
+    if crop_size > height or crop_size > width:
+        raise ValueError(f"crop {crop_size}x{crop_size} does not fit in a {width}x{height} image")
+
+
+def _grid_shape(height: int, width: int, num_crops: int) -> tuple[int, int]:
+    best: tuple[Fraction, int, int] | None = None
+    for rows in range(1, num_crops + 1):
+        if num_crops % rows:
+            continue
+        cols = num_crops // rows
+        r = Fraction(cols * height, rows * width)  # (cols / rows) / (width / height)
+        score = max(r, 1 / r)  # monotone in |log r|, exact
+        if best is None or score < best[0]:  # rows ascend: ties keep fewer rows
+            best = (score, rows, cols)
+    assert best is not None
+    return best[1], best[2]
+
+
+def _axis_positions(extent: int, crop_size: int, count: int) -> np.ndarray:
+    if count == 1:
+        return np.array([(extent - crop_size) // 2], dtype=np.int64)
+    return np.round(np.linspace(0, extent - crop_size, count)).astype(np.int64)
+
+
+def grid_positions(
+    height: int, width: int, crop_size: int = 224, num_crops: int = 15
+) -> np.ndarray:
+    """Deterministic grid of crop top-lefts, int64 ``[num_crops, 2]`` of ``(y, x)``, row-major.
+
+    ``rows x cols == num_crops`` best matching the image aspect (see module docstring).
+    """
+    _check_crop_fits(height, width, crop_size, num_crops)
+    rows, cols = _grid_shape(height, width, num_crops)
+    ys = _axis_positions(height, crop_size, rows)
+    xs = _axis_positions(width, crop_size, cols)
+    yy, xx = np.meshgrid(ys, xs, indexing="ij")
+    return np.stack([yy.ravel(), xx.ravel()], axis=1)
+
+
+def random_positions(
+    height: int,
+    width: int,
+    crop_size: int,
+    num_crops: int,
+    rng_or_seed: int | np.random.Generator,
+) -> np.ndarray:
+    """Random crop top-lefts (torchvision ``RandomCrop`` protocol), int64 ``[n, 2]`` of (y, x).
+
+    Each crop is uniform over all valid integer positions, independently; drawn as
+    ``rng.integers(0, [H - crop + 1, W - crop + 1], size=(n, 2))`` with
+    ``rng = numpy.random.default_rng(seed)`` (or the given Generator, which is advanced).
+    """
+    _check_crop_fits(height, width, crop_size, num_crops)
+    if isinstance(rng_or_seed, np.random.Generator):
+        rng = rng_or_seed
+    elif rng_or_seed is None or isinstance(rng_or_seed, bool):
+        raise ValueError("random crop positions need a seed (int) or a numpy Generator")
+    else:
+        rng = np.random.default_rng(rng_or_seed)
+    high = np.array([height - crop_size + 1, width - crop_size + 1], dtype=np.int64)
+    return rng.integers(0, high, size=(num_crops, 2), dtype=np.int64)
+
+
+def crop_positions(
+    height: int,
+    width: int,
+    cfg: PreprocessConfig = DEFAULT_CONFIG,
+    seed: int | np.random.Generator | None = None,
+) -> np.ndarray:
+    """Crop positions for ``cfg.layout``; ``"random"`` requires ``seed`` (int or Generator)."""
+    if cfg.layout == "grid":
+        return grid_positions(height, width, cfg.crop_size, cfg.num_crops)
+    if cfg.layout == "random":
+        if seed is None:
+            raise ValueError("layout 'random' needs a seed (int) or a numpy Generator")
+        return random_positions(height, width, cfg.crop_size, cfg.num_crops, seed)
+    raise ValueError(f"unknown layout {cfg.layout!r}")
+
+
+def extract_crops(img: np.ndarray, positions: np.ndarray, crop_size: int) -> np.ndarray:
+    """Cut ``crop_size`` squares at ``positions`` (y, x): uint8 ``[n, crop, crop, 3]`` NHWC."""
+    _check_rgb_u8(img, "extract_crops input")
+    pos = np.asarray(positions)
+    if pos.ndim != 2 or pos.shape[1] != 2 or not np.issubdtype(pos.dtype, np.integer):
+        raise ValueError(f"positions must be an integer [n, 2] array, got {pos.dtype} {pos.shape}")
+    h, w = img.shape[:2]
+    if crop_size <= 0:
+        raise ValueError(f"crop_size must be positive, got {crop_size}")
+    if len(pos) and (
+        pos.min() < 0 or (pos[:, 0] + crop_size).max() > h or (pos[:, 1] + crop_size).max() > w
+    ):
+        raise ValueError(f"a {crop_size}px crop at the given positions leaves the {w}x{h} image")
+    out = np.empty((len(pos), crop_size, crop_size, 3), dtype=np.uint8)
+    for i, (y, x) in enumerate(pos.tolist()):
+        out[i] = img[y : y + crop_size, x : x + crop_size]
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Whole pipeline
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class PreprocessedImage:
+    """Result of ``preprocess_image_with_info``.
+
+    ``crops``: uint8 ``[num_crops, crop, crop, 3]``; ``original_*``: decoded size after EXIF
+    orientation; ``resized_*``: size after the short-side resize; ``positions``: int64
+    ``[num_crops, 2]`` (y, x) in the resized image.
+    """
+
+    crops: np.ndarray
+    original_width: int
+    original_height: int
+    resized_width: int
+    resized_height: int
+    positions: np.ndarray
+
+
+def preprocess_image_with_info(
+    source_or_array: ImageSource | np.ndarray,
+    cfg: PreprocessConfig = DEFAULT_CONFIG,
+    *,
+    seed: int | np.random.Generator | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+) -> PreprocessedImage:
+    """Decode (unless given an RGB uint8 array) -> resize -> crop positions -> crops."""
+    if isinstance(source_or_array, np.ndarray):
+        img = _check_rgb_u8(source_or_array, "preprocess_image array input")
+    else:
+        img = decode_image(
+            source_or_array, max_pixels=max_pixels, alpha_background=cfg.alpha_background
+        )
+    oh, ow = img.shape[:2]
+    resized = resize_short_side(img, cfg.resize_short, cfg.resize_filter)
+    rh, rw = resized.shape[:2]
+    positions = crop_positions(rh, rw, cfg, seed)
+    crops = extract_crops(resized, positions, cfg.crop_size)
+    return PreprocessedImage(crops, ow, oh, rw, rh, positions)
+
+
+def preprocess_image(
+    source_or_array: ImageSource | np.ndarray,
+    cfg: PreprocessConfig = DEFAULT_CONFIG,
+    *,
+    seed: int | np.random.Generator | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+) -> np.ndarray:
+    """uint8 NHWC crops ``[cfg.num_crops, cfg.crop_size, cfg.crop_size, 3]`` of one image."""
+    return preprocess_image_with_info(source_or_array, cfg, seed=seed, max_pixels=max_pixels).crops
+
+
+def normalize(
+    crops: np.ndarray,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> np.ndarray:
+    """uint8 NHWC crops -> float32 NCHW ``(x / 255 - mean) / std``, C-contiguous.
+
+    Bit-identical to torchvision ``ToTensor()`` (float32 ``x / 255``) followed by
+    ``Normalize(mean, std)`` (float32 ``(x - mean) / std``, mean/std cast to float32).
+    """
+    if not isinstance(crops, np.ndarray) or crops.dtype != np.uint8:
+        got = crops.dtype if isinstance(crops, np.ndarray) else type(crops).__name__
+        raise ValueError(f"normalize expects uint8 crops, got {got}")
+    if crops.ndim != 4 or crops.shape[3] != 3:
+        raise ValueError(f"normalize expects NHWC crops [n, h, w, 3], got shape {crops.shape}")
+    m = np.asarray(mean, dtype=np.float32)
+    s = np.asarray(std, dtype=np.float32)
+    if m.shape != (3,) or s.shape != (3,):
+        raise ValueError(f"mean and std must have 3 values, got {m.shape} and {s.shape}")
+    if not np.all(s > 0):
+        raise ValueError(f"std must be > 0, got {s.tolist()}")
+    n, h, w, _ = crops.shape
+    out = np.empty((n, 3, h, w), dtype=np.float32)
+    out[...] = crops.transpose(0, 3, 1, 2)
+    np.divide(out, np.float32(255), out=out)
+    np.subtract(out, m[:, None, None], out=out)
+    np.divide(out, s[:, None, None], out=out)
+    return out

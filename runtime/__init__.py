@@ -1,0 +1,1 @@
+"""``loda.runtime``: torch-free scoring (ONNX Runtime, TensorRT). Must never import torch."""

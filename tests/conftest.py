@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from loda.model import LoDa, create_model
+
+
+def perturb(model: LoDa, seed: int = 0) -> LoDa:
+    """Make every learner path matter: random init gives scale_factor ~ 0.02, which would let
+    an adapter bug hide below test tolerances. Also give the BN buffers non-trivial values."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        sf = model.learner.scale_factor
+        sf.copy_(torch.randn(sf.shape, generator=g) * 0.5)
+        for name, buf in model.feature_model.named_buffers():
+            if name.endswith("running_mean"):
+                buf.copy_(torch.randn(buf.shape, generator=g) * 0.1)
+            elif name.endswith("running_var"):
+                buf.copy_(torch.rand(buf.shape, generator=g) + 0.5)
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny_model_session() -> LoDa:
+    torch.manual_seed(0)
+    return perturb(create_model("loda_tiny")).eval()
+
+
+@pytest.fixture
+def tiny_model(tiny_model_session) -> LoDa:
+    return copy.deepcopy(tiny_model_session)
+
+
+@pytest.fixture(scope="session")
+def b16_model() -> LoDa:
+    torch.manual_seed(1)
+    return perturb(create_model("loda_b16"), seed=1).eval()
+
+
+def write_photo(path, width=512, height=384, seed=0, mode="RGB", **save_kwargs):
+    """A textured test image (smooth gradients plus noise) so crops differ from each other."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width]
+    base = np.stack(
+        [xx * 255 / max(width - 1, 1), yy * 255 / max(height - 1, 1), (xx + yy) % 256], axis=-1
+    )
+    img = np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)
+    Image.fromarray(img).convert(mode).save(path, **save_kwargs)
+    return path
+
+
+@pytest.fixture
+def photo(tmp_path):
+    return write_photo(tmp_path / "photo.jpg", quality=90)
+
+
+def run_python(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
