@@ -118,6 +118,19 @@ CONFIGS: dict[str, LoDaConfig] = {
         latent_dim=32,
         cross_attn_heads=4,
     ),
+    # The demo's model: timm's smallest ViT (width 64, depth 6, 2 heads) and ResNet (stages of
+    # 32/48/192/96 channels), same code path. Small enough to train from random init on a 2-core
+    # CPU in minutes, which is what `make demo` does (pretrained weights are not bundled).
+    "loda_micro": LoDaConfig(
+        name="loda_micro",
+        vit_name="test_vit",
+        vit_pretrained_tag="r160_in1k",
+        cnn_name="test_resnet",
+        cnn_pretrained_tag="r160_in1k",
+        latent_dim=32,
+        cross_attn_heads=4,
+        num_interactions=6,
+    ),
     # Table 8: other CNNs (all timm features_only models; the last four stages).
     "loda_b16_densenet121": _B16.replace(name="loda_b16_densenet121", cnn_name="densenet121"),
     "loda_b16_efficientnet_b0": _B16.replace(

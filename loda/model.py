@@ -136,7 +136,11 @@ class LoDa(nn.Module):
         super().__init__()
         self.config = config
         vit = timm.create_model(
-            config.vit_name, pretrained=False, num_classes=0, img_size=config.img_size
+            config.vit_name,
+            pretrained=False,
+            num_classes=0,
+            img_size=config.img_size,
+            dynamic_img_size=False,  # fixed crops: the authors' stem, exportable
         )
         _check_supported_vit(vit, config.vit_name)
         # Adopt the ViT's parts at the top level, exactly where the authors' subclass has them.

@@ -1,0 +1,422 @@
+"""``loda-train`` and ``loda-eval``: the paper's protocol from the command line.
+
+``--data`` names a dataset as ``KIND:ROOT`` (``koniq10k``, ``kadid10k``, ``live``, ``tid2013``,
+``livec``, ``spaq``, ``flive``, ``csv``) or a generic ``.csv`` file (``path,mos[,ref]``).
+
+Multi-GPU: ``torchrun --nproc_per_node N -m loda.train_cli --data ... --out ...`` runs the same
+training with DistributedDataParallel (global batch split across the N processes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import statistics
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .clitools import run
+from .config import list_configs
+
+DEFAULT_SPLITS = 10
+
+
+def parse_data_spec(spec: str):
+    """``KIND:ROOT`` or ``file.csv`` -> (kind, Dataset)."""
+    from .datasets import READERS, read_dataset
+
+    kind, sep, root = spec.partition(":")
+    if sep and kind in READERS:
+        return kind, read_dataset(kind, root)
+    if spec.endswith(".csv") or Path(spec).is_dir():
+        return "csv", read_dataset("csv", spec)
+    raise click.BadParameter(
+        f"{spec!r}: use KIND:ROOT with KIND one of {', '.join(sorted(READERS))}, or a .csv file",
+        param_hint="--data",
+    )
+
+
+def train_options(f):
+    options = [
+        click.option(
+            "--data", "data_spec", required=True, help="KIND:ROOT or a generic .csv file."
+        ),
+        click.option(
+            "--config",
+            "config_name",
+            default="loda_b16",
+            show_default=True,
+            type=click.Choice(list_configs()),
+        ),
+        click.option("--vit-weights", type=click.Path(dir_okay=False, path_type=Path)),
+        click.option("--cnn-weights", type=click.Path(dir_okay=False, path_type=Path)),
+        click.option(
+            "--random-init",
+            is_flag=True,
+            help="Train on random-init backbones (no pretrained weights needed).",
+        ),
+        click.option(
+            "--split-file",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="Splits JSON (made and saved beside the results if absent).",
+        ),
+        click.option("--split-seed", type=int, default=0, show_default=True),
+        click.option("--epochs", type=int, default=10, show_default=True),
+        click.option("--batch-size", type=int, default=128, show_default=True),
+        click.option(
+            "--micro-batch",
+            type=int,
+            default=None,
+            help="Accumulate gradients over batch-size/micro-batch steps.",
+        ),
+        click.option("--lr", type=float, default=3e-4, show_default=True),
+        click.option("--backbone-lr", type=float, default=None),
+        click.option("--weight-decay", type=float, default=0.01, show_default=True),
+        click.option(
+            "--crops-per-image",
+            type=int,
+            default=None,
+            help="Training crops per image (default: per dataset, as the authors).",
+        ),
+        click.option(
+            "--train-backbones",
+            type=click.Choice(["none", "cnn", "all"]),
+            default="none",
+            show_default=True,
+        ),
+        click.option("--workers", type=int, default=0, show_default=True),
+        click.option("--device", default="auto", show_default=True),
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--amp/--no-amp", default=None, help="Mixed precision (default: on CUDA)."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _splits_for(dataset, split_file: Path | None, out_dir: Path, k: int, seed: int):
+    from .splits import Splits, make_splits
+
+    if split_file is not None and split_file.is_file():
+        return Splits.load(split_file), split_file
+    splits = make_splits(dataset, k=k, seed=seed)
+    path = split_file or out_dir / "splits.json"
+    splits.save(path)
+    return splits, path
+
+
+def _train_config(opts: dict[str, Any], kind: str):
+    from .train import CROPS_PER_IMAGE, TrainConfig
+
+    return TrainConfig(
+        epochs=opts["epochs"],
+        batch_size=opts["batch_size"],
+        micro_batch=opts["micro_batch"],
+        lr=opts["lr"],
+        backbone_lr=opts["backbone_lr"],
+        weight_decay=opts["weight_decay"],
+        crops_per_image=opts["crops_per_image"] or CROPS_PER_IMAGE[kind],
+        seed=opts["seed"],
+        train_backbones=opts["train_backbones"],
+        workers=opts["workers"],
+        device=opts["device"],
+        amp=opts["amp"],
+    )
+
+
+def _build_model(opts: dict[str, Any]):
+    import torch
+
+    from .model import create_model
+
+    torch.manual_seed(opts["seed"])
+    return create_model(
+        opts["config_name"],
+        pretrained=not opts["random_init"],
+        vit_weights=opts["vit_weights"],
+        cnn_weights=opts["cnn_weights"],
+    )
+
+
+def _train_and_eval(
+    opts: dict[str, Any],
+    kind: str,
+    dataset,
+    splits,
+    split_path: Path,
+    index: int,
+    out_dir: Path,
+    *,
+    resume: bool = False,
+    baseline: bool = False,
+) -> dict[str, Any]:
+    """Train on split ``index`` and evaluate its test part (the last epoch, as the paper)."""
+    from .checkpoint import save_checkpoint
+    from .evaluate import evaluate_samples
+    from .preprocess import PreprocessConfig
+    from .train import train
+
+    train_samples, test_samples = splits.select(dataset, index)
+    cfg = _train_config(opts, kind)
+    model = _build_model(opts)
+    preprocess = PreprocessConfig()
+    provenance = {
+        "data": f"{dataset.name} ({dataset.root})",
+        "split": {"file": str(split_path), "index": index, "seed": splits.seed},
+    }
+    report: dict[str, Any] = {
+        "split": index,
+        "train_images": len(train_samples),
+        "test_images": len(test_samples),
+    }
+    if baseline:
+        base = evaluate_samples(
+            model, test_samples, preprocess, dataset_name=dataset.name, mos_range=dataset.mos_range
+        )
+        report["untrained"] = base.metrics
+        click.echo(f"split {index}: untrained model  {_fmt(base.metrics)}", err=True)
+    result = train(
+        model,
+        train_samples,
+        out_dir,
+        cfg,
+        preprocess=preprocess,
+        resume=resume,
+        provenance=provenance,
+    )
+    import torch.distributed as dist
+
+    if dist.is_initialized() and dist.get_rank() != 0:
+        return report
+    evaluated = evaluate_samples(
+        result.model,
+        test_samples,
+        preprocess,
+        dataset_name=dataset.name,
+        mos_range=dataset.mos_range,
+        progress=True,
+    )
+    final = out_dir / "model.safetensors"
+    save_checkpoint(
+        result.model,
+        final,
+        preprocess=preprocess,
+        calibration=evaluated.calibration,
+        provenance={
+            **provenance,
+            "source": "loda-train",
+            "train": cfg.to_dict(),
+            **{k: evaluated.metrics[k] for k in ("srcc", "plcc", "krcc", "rmse")},
+            "test_images": len(test_samples),
+            "epochs": cfg.epochs,
+        },
+    )
+    report.update(
+        trained=evaluated.metrics,
+        checkpoint=str(final),
+        train_seconds=round(result.seconds, 1),
+        train_crops_per_second=round(result.crops_per_second, 2),
+        losses=result.losses,
+    )
+    click.echo(
+        f"split {index}: trained model    {_fmt(evaluated.metrics)} "
+        f"({result.seconds:.0f} s training)",
+        err=True,
+    )
+    return report
+
+
+def _fmt(m: dict[str, float]) -> str:
+    return " ".join(f"{k.upper()} {m[k]:.4f}" for k in ("srcc", "plcc", "krcc", "rmse"))
+
+
+def _init_distributed() -> None:
+    import torch
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@train_options
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--split-index", type=int, default=0, show_default=True)
+@click.option("--num-splits", type=int, default=DEFAULT_SPLITS, show_default=True)
+@click.option("--resume", is_flag=True, help="Continue from the newest epoch checkpoint in --out.")
+@click.option("--baseline", is_flag=True, help="Also evaluate the untrained model first.")
+def train_cmd(out_dir, split_index, num_splits, resume, baseline, **opts) -> None:
+    """Train LoDa on one split of a dataset and evaluate the last epoch on its test part."""
+    _init_distributed()
+    kind, dataset = parse_data_spec(opts["data_spec"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    splits, split_path = _splits_for(
+        dataset, opts["split_file"], out_dir, num_splits, opts["split_seed"]
+    )
+    report = _train_and_eval(
+        opts,
+        kind,
+        dataset,
+        splits,
+        split_path,
+        split_index,
+        out_dir,
+        resume=resume,
+        baseline=baseline,
+    )
+    if "trained" in report:
+        (out_dir / "results.json").write_text(json.dumps(report, indent=2))
+        click.echo(
+            f"wrote {report['checkpoint']} and {out_dir / 'results.json'}; next: "
+            f"loda-eval {report['checkpoint']} --data {opts['data_spec']} "
+            f"--split-file {split_path} --split-index {split_index}",
+            err=True,
+        )
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("checkpoint", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--data", "data_spec", required=True, help="KIND:ROOT or a generic .csv file.")
+@click.option("--split-file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--split-index",
+    type=int,
+    default=None,
+    help="Evaluate this split's test part (default: every image).",
+)
+@click.option("--layout", type=click.Choice(["grid", "random"]), default="grid", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random layout.")
+@click.option("--crops", type=int, default=15, show_default=True)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the checkpoint with the fitted calibration here (default: in place).",
+)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path))
+def eval_cmd(
+    checkpoint, data_spec, split_file, split_index, layout, seed, crops, output, json_path
+) -> None:
+    """Evaluate CHECKPOINT on a dataset (SRCC/PLCC/KRCC/RMSE) and store the fitted score
+    calibration in its metadata. For the paper's K-split protocol use ``loda-eval-splits``."""
+    from .checkpoint import load_checkpoint, save_checkpoint
+    from .evaluate import evaluate_samples
+    from .splits import Splits
+
+    if checkpoint is None:
+        raise click.UsageError("give a CHECKPOINT (or use loda-eval-splits to train and evaluate)")
+    _kind, dataset = parse_data_spec(data_spec)
+    samples = dataset.samples
+    if split_index is not None:
+        if split_file is None:
+            raise click.UsageError("--split-index needs --split-file")
+        _, samples = Splits.load(split_file).select(dataset, split_index)
+    model, meta = load_checkpoint(checkpoint)
+    preprocess = dataclasses.replace(meta.preprocess, layout=layout)
+    result = evaluate_samples(
+        model,
+        samples,
+        preprocess,
+        dataset_name=dataset.name,
+        mos_range=dataset.mos_range,
+        seed=seed,
+        num_crops=crops,
+        progress=True,
+    )
+    target = output or checkpoint
+    provenance = {
+        **meta.provenance,
+        "evaluated_on": {
+            "data": f"{dataset.name} ({dataset.root})",
+            "split_file": str(split_file) if split_file else None,
+            "split_index": split_index,
+            "layout": layout,
+            "crops": crops,
+            **result.metrics,
+        },
+    }
+    save_checkpoint(
+        model,
+        target,
+        preprocess=meta.preprocess,
+        calibration=result.calibration,
+        provenance=provenance,
+    )
+    report = {"checkpoint": str(target), "data": data_spec, **result.to_dict()}
+    if json_path:
+        json_path.write_text(json.dumps(report, indent=2))
+    click.echo("metric  value")
+    for k in ("srcc", "plcc", "krcc", "rmse"):
+        click.echo(f"{k.upper():6s}  {result.metrics[k]:.4f}")
+    click.echo(f"N       {result.metrics['n']}")
+    click.echo(f"calibration stored in {target}", err=True)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@train_options
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--splits",
+    "num_splits",
+    type=int,
+    default=DEFAULT_SPLITS,
+    show_default=True,
+    help="Train and evaluate this many splits; report medians (the paper: 10).",
+)
+def eval_splits_cmd(out_dir, num_splits, **opts) -> None:
+    """The paper's protocol: train and evaluate K seeded 80/20 splits, report the medians."""
+    kind, dataset = parse_data_spec(opts["data_spec"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    splits, split_path = _splits_for(
+        dataset, opts["split_file"], out_dir, num_splits, opts["split_seed"]
+    )
+    reports = []
+    for i in range(num_splits):
+        reports.append(
+            _train_and_eval(opts, kind, dataset, splits, split_path, i, out_dir / f"split{i}")
+        )
+    medians = {
+        k: statistics.median(r["trained"][k] for r in reports)
+        for k in ("srcc", "plcc", "krcc", "rmse")
+    }
+    summary = {
+        "data": opts["data_spec"],
+        "splits": str(split_path),
+        "per_split": reports,
+        "median": medians,
+    }
+    (out_dir / "results.json").write_text(json.dumps(summary, indent=2))
+    click.echo("split  SRCC    PLCC    KRCC    RMSE")
+    for r in reports:
+        m = r["trained"]
+        click.echo(
+            f"{r['split']:5d}  {m['srcc']:.4f}  {m['plcc']:.4f}  {m['krcc']:.4f}  {m['rmse']:.4f}"
+        )
+    click.echo(
+        f"median {medians['srcc']:.4f}  {medians['plcc']:.4f}  {medians['krcc']:.4f}  "
+        f"{medians['rmse']:.4f}"
+    )
+    click.echo(f"wrote {out_dir / 'results.json'}", err=True)
+
+
+def train_main() -> None:
+    run(train_cmd, prog_name="loda-train")
+
+
+def eval_main() -> None:
+    run(eval_cmd, prog_name="loda-eval")
+
+
+def eval_splits_main() -> None:
+    run(eval_splits_cmd, prog_name="loda-eval-splits")
+
+
+if __name__ == "__main__":
+    # `python -m loda.train_cli` / `torchrun -m loda.train_cli` run loda-train.
+    train_main()

@@ -1,0 +1,258 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from loda.checkpoint import load_checkpoint
+from loda.datasets import read_dataset
+from loda.demo_data import make_demo_set
+from loda.errors import LodaError
+from loda.evaluate import evaluate_samples, predict_samples
+from loda.model import create_model
+from loda.preprocess import PreprocessConfig
+from loda.train import TrainConfig, TrainCrops, plcc_loss, train
+
+
+@pytest.fixture(scope="module")
+def small_set(tmp_path_factory):
+    """A miniature demo set: 3 references x 8 distortions x 5 levels, small images."""
+    d = tmp_path_factory.mktemp("demo")
+    csv = make_demo_set(d, seed=0, size=(96, 64), references=["astronaut", "coffee", "camera"])
+    return read_dataset("csv", csv)
+
+
+def test_plcc_loss_is_the_authors_formula():
+    rng = np.random.default_rng(0)
+    p, y = rng.normal(size=32), rng.normal(size=32) + 3
+    ps, ys = (p - p.mean()) / (p.std() + 1e-8), (y - y.mean()) / (y.std() + 1e-8)
+    rho = np.mean(ps * ys)
+    expected = (np.mean((ps - ys) ** 2) / 4 + np.mean((rho * ps - ys) ** 2) / 4) / 2
+    got = plcc_loss(torch.tensor(p), torch.tensor(y)).item()
+    assert got == pytest.approx(expected, rel=1e-5)
+    assert plcc_loss(torch.tensor(2 * y + 1), torch.tensor(y)).item() == pytest.approx(0, abs=1e-6)
+
+
+def test_training_crops_are_seeded_flipped_and_from_the_shared_preprocessing(small_set):
+    data = TrainCrops(small_set.samples[:4], PreprocessConfig(), crops_per_image=3, seed=5)
+    assert len(data) == 12
+    a, mos = data[7]
+    assert a.shape == (224, 224, 3) and a.dtype == np.uint8
+    assert mos == np.float32(small_set.samples[2].mos)
+    b, _ = data[7]
+    assert np.array_equal(a, b)  # the same (seed, epoch, index) gives the same crop
+    data.epoch = 1
+    assert not np.array_equal(a, data[7][0])  # a new epoch draws new crops
+
+
+def _micro(seed=0):
+    torch.manual_seed(seed)
+    return create_model("loda_micro")
+
+
+@pytest.mark.slow
+def test_short_training_decreases_the_loss(tmp_path):
+    # Full-size images (distortions visible in 224 crops); 32 of them, two batches per epoch:
+    # 60 optimizer steps on the same images (the demo run needs ~50 steps to halve its loss).
+    csv = make_demo_set(tmp_path / "data", seed=0, references=["astronaut", "coffee"])
+    samples = read_dataset("csv", csv).samples[::5]
+    model = _micro()
+    cfg = TrainConfig(
+        epochs=30, batch_size=16, lr=1e-3, crops_per_image=1, train_backbones="all", seed=1
+    )
+    result = train(model, samples[:32], tmp_path / "run", cfg, progress=False)
+    first, last = np.mean(result.losses[:5]), np.mean(result.losses[-5:])
+    assert last < 0.7 * first, result.losses
+    meta = load_checkpoint(tmp_path / "run" / "epoch30.safetensors")[1]
+    assert meta.provenance["epoch"] == 30 and meta.provenance["train"]["lr"] == 1e-3
+
+
+class _Crash(Exception):
+    pass
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(small_set, tmp_path):
+    cfg = TrainConfig(epochs=2, batch_size=16, lr=1e-3, crops_per_image=1, seed=3)
+    samples = small_set.samples[:40]
+    straight = train(_micro(), samples, tmp_path / "a", cfg, progress=False).model
+
+    def crash_after_first_epoch(epoch, model):
+        if epoch == 1:
+            raise _Crash
+
+    with pytest.raises(_Crash):
+        train(
+            _micro(),
+            samples,
+            tmp_path / "b",
+            cfg,
+            progress=False,
+            on_epoch_end=crash_after_first_epoch,
+        )
+    assert not (tmp_path / "b" / "epoch2.safetensors").exists()
+    # a fresh process would build a fresh model (another init) and resume from disk
+    resumed = train(_micro(seed=99), samples, tmp_path / "b", cfg, progress=False, resume=True)
+    assert resumed.epochs_run == 1
+    a, b = straight.state_dict(), resumed.model.state_dict()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_resume_without_a_checkpoint_is_a_clear_error(small_set, tmp_path):
+    cfg = TrainConfig(epochs=1, batch_size=8, crops_per_image=1)
+    with pytest.raises(LodaError, match="no epoch checkpoint"):
+        train(_micro(), small_set.samples[:8], tmp_path, cfg, progress=False, resume=True)
+    with pytest.raises(LodaError, match="fewer than one batch"):
+        train(_micro(), small_set.samples[:3], tmp_path, cfg, progress=False)
+    with pytest.raises(LodaError, match="must divide"):
+        TrainConfig(batch_size=10, micro_batch=3)
+
+
+def test_gradient_accumulation_runs_and_learns(small_set, tmp_path):
+    cfg = TrainConfig(epochs=1, batch_size=16, micro_batch=8, lr=1e-3, crops_per_image=1)
+    result = train(_micro(), small_set.samples[:32], tmp_path, cfg, progress=False)
+    assert np.isfinite(result.losses[0])
+
+
+def test_evaluation_grid_is_deterministic_and_random_is_seeded(small_set):
+    model = _micro().eval()
+    samples = small_set.samples[:6]
+    grid = PreprocessConfig(num_crops=5)
+    a = predict_samples(model, samples, grid, batch_size=10)
+    b = predict_samples(model, samples, grid, batch_size=5)
+    assert np.array_equal(a, b)  # batching does not change scores
+    rnd = PreprocessConfig(num_crops=5, layout="random")
+    r1 = predict_samples(model, samples, rnd, seed=4)
+    r2 = predict_samples(model, samples, rnd, seed=4)
+    r3 = predict_samples(model, samples, rnd, seed=5)
+    assert np.array_equal(r1, r2) and not np.array_equal(r1, r3)
+    result = evaluate_samples(
+        model, small_set.samples[:12], grid, dataset_name="demo", mos_range=(1, 5), num_crops=3
+    )
+    assert set(result.metrics) == {"srcc", "plcc", "krcc", "rmse", "n"}
+    assert result.metrics["n"] == 12 and result.calibration.dataset == "demo"
+
+
+def _cli(module_main, *args):
+    code = (
+        f"import sys; from loda.train_cli import {module_main}; sys.argv[0] = 'x'; {module_main}()"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True
+    )
+
+
+@pytest.mark.slow
+def test_train_and_eval_commands(small_set, tmp_path):
+    csv = small_set.root / "demo.csv"
+    out = tmp_path / "run"
+    res = _cli(
+        "train_main",
+        "--data",
+        csv,
+        "--config",
+        "loda_micro",
+        "--random-init",
+        "--out",
+        out,
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--crops-per-image",
+        "1",
+        "--train-backbones",
+        "all",
+        "--lr",
+        "1e-3",
+        "--num-splits",
+        "3",
+        "--baseline",
+    )
+    assert res.returncode == 0, res.stderr
+    report = json.loads((out / "results.json").read_text())
+    assert {"untrained", "trained", "checkpoint"} <= set(report)
+    splits = json.loads((out / "splits.json").read_text())
+    assert len(splits["splits"]) == 3
+    model_meta = load_checkpoint(out / "model.safetensors")[1]
+    assert (
+        model_meta.calibration is not None
+        and model_meta.provenance["srcc"] == report["trained"]["srcc"]
+    )
+
+    ev = _cli(
+        "eval_main",
+        out / "epoch1.safetensors",
+        "--data",
+        csv,
+        "--split-file",
+        out / "splits.json",
+        "--split-index",
+        "0",
+        "--crops",
+        "3",
+        "-o",
+        tmp_path / "evaluated.safetensors",
+        "--json",
+        tmp_path / "eval.json",
+    )
+    assert ev.returncode == 0, ev.stderr
+    assert "SRCC" in ev.stdout
+    meta = load_checkpoint(tmp_path / "evaluated.safetensors")[1]
+    assert meta.calibration.dataset == "csv"
+    assert json.loads((tmp_path / "eval.json").read_text())["n"] == report["test_images"]
+
+
+def test_train_command_errors(tmp_path, small_set, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty"))
+    csv = small_set.root / "demo.csv"
+    res = _cli("train_main", "--data", csv, "--config", "loda_micro", "--out", tmp_path / "o")
+    assert res.returncode == 1
+    assert "no pretrained weights for test_vit.r160_in1k" in res.stderr
+    assert "--random-init" not in res.stdout and len(res.stderr.strip().splitlines()) == 1
+    res = _cli("train_main", "--data", "nonsense", "--out", tmp_path / "o")
+    assert res.returncode == 2 and "KIND:ROOT" in res.stderr
+    res = _cli("eval_main", tmp_path / "missing.safetensors", "--data", csv)
+    assert res.returncode == 1 and "no checkpoint at" in res.stderr
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_on_cpu(small_set, tmp_path):
+    """The multi-GPU command, run with 2 CPU processes (gloo): same entry point, DDP path."""
+    csv = small_set.root / "demo.csv"
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "loda.train_cli",
+        "--data",
+        str(csv),
+        "--config",
+        "loda_micro",
+        "--random-init",
+        "--out",
+        str(tmp_path / "ddp"),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--crops-per-image",
+        "1",
+        "--num-splits",
+        "3",
+        "--device",
+        "cpu",
+    ]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert (tmp_path / "ddp" / "epoch1.safetensors").is_file()
+    report = json.loads((tmp_path / "ddp" / "results.json").read_text())
+    assert report["trained"]["n"] == report["test_images"]
