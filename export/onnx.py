@@ -145,19 +145,20 @@ class ExportWrapper(nn.Module):
     def __init__(self, model: LoDa, preprocess: PreprocessConfig) -> None:
         super().__init__()
         self.model = model
-        # float32 constants, as numpy's normalize casts them; NCHW broadcast shape.
-        mean = torch.tensor(preprocess.mean, dtype=torch.float32).view(1, 3, 1, 1)
-        std = torch.tensor(preprocess.std, dtype=torch.float32).view(1, 3, 1, 1)
+        # float32 constants, as numpy's normalize casts them; NHWC broadcast shape.
+        mean = torch.tensor(preprocess.mean, dtype=torch.float32).view(1, 1, 1, 3)
+        std = torch.tensor(preprocess.std, dtype=torch.float32).view(1, 1, 1, 3)
         self.register_buffer("mean", mean, persistent=False)
         self.register_buffer("std", std, persistent=False)
 
     def forward(self, crops: torch.Tensor) -> torch.Tensor:
         # The order of loda.preprocess.normalize: float32(x) / 255, - mean, / std. The ops are
-        # elementwise, so the result is bit-identical to the numpy path. The permute comes
-        # first so the graph transposes uint8 (1 byte per value) rather than float32.
-        x = crops.permute(0, 3, 1, 2).to(torch.float32)
+        # elementwise, so the result is bit-identical to the numpy path. The cast comes before
+        # the layout change: TensorRT's Shuffle (transpose) layer does not take uint8 inputs.
+        x = crops.to(torch.float32)
         x = x / 255.0
         x = (x - self.mean) / self.std
+        x = x.permute(0, 3, 1, 2)
         # Contiguous NCHW, as loda.inference feeds the model: a permuted (channels-last) tensor
         # would make torch pick other conv kernels. A no-op in the exported graph.
         return self.model.score(x.contiguous())
