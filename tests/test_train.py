@@ -124,7 +124,8 @@ def test_evaluation_grid_is_deterministic_and_random_is_seeded(small_set):
     grid = PreprocessConfig(num_crops=5)
     a = predict_samples(model, samples, grid, batch_size=10)
     b = predict_samples(model, samples, grid, batch_size=5)
-    assert np.array_equal(a, b)  # batching does not change scores
+    # batching changes only the float summation order inside the kernels
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
     rnd = PreprocessConfig(num_crops=5, layout="random")
     r1 = predict_samples(model, samples, rnd, seed=4)
     r2 = predict_samples(model, samples, rnd, seed=4)
@@ -203,7 +204,7 @@ def test_train_and_eval_commands(small_set, tmp_path):
     assert ev.returncode == 0, ev.stderr
     assert "SRCC" in ev.stdout
     meta = load_checkpoint(tmp_path / "evaluated.safetensors")[1]
-    assert meta.calibration.dataset == "csv"
+    assert meta.calibration.dataset == "loda-demo"  # the demo set's dataset.json name
     assert json.loads((tmp_path / "eval.json").read_text())["n"] == report["test_images"]
 
 
