@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from loda.errors import LodaError
+from loda.errors import LodaError, first_line
 
 from .graph_stats import GEMM_OPS, gemm_stats
 
@@ -587,7 +587,7 @@ def convert_onnx_fp16(
     try:
         onnx.checker.check_model(converted, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise Fp16Error(f"FP16 graph fails onnx.checker: {first}") from None
     check_exported_graph(converted, crop_size=crop_size)  # I/O names, types, dynamic batch
 

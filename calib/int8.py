@@ -76,7 +76,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from loda.errors import LodaError
+from loda.errors import LodaError, first_line
 
 if TYPE_CHECKING:
     import onnx
@@ -796,7 +796,7 @@ def quantize_onnx_int8(
         except LodaError:
             raise
         except Exception as exc:  # onnxruntime raises plain exceptions
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc)
             raise Int8Error(f"quantize_static failed: {first}") from exc
         quantized = onnx.load(str(dst))
     calib_seconds = time.perf_counter() - t0
@@ -804,7 +804,7 @@ def quantize_onnx_int8(
     try:
         onnx.checker.check_model(quantized, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise Int8Error(f"INT8 graph fails onnx.checker: {first}") from None
     check_exported_graph(quantized, crop_size=cfg.crop_size)  # I/O names, types, dynamic batch
     share, n_int8 = int8_gemm_share(quantized)
@@ -845,7 +845,7 @@ def quantize_onnx_int8(
     except LodaError:
         raise
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise Int8Error(f"ONNX Runtime cannot load the INT8 graph: {first}") from None
 
     if verify and not report.checks:

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping
 
 import torch
 
-from .errors import StateDictMismatch
+from .errors import LodaError, StateDictMismatch, first_line
 
 
 def check_state_dict(
@@ -62,3 +62,13 @@ def load_checked(
     expected = module.state_dict()
     check_state_dict(expected, provided, what=what, allowed_unexpected=allowed_unexpected)
     module.load_state_dict({k: provided[k] for k in expected}, strict=True)
+
+
+def torch_load_weights_only(path, error: type[LodaError], what: str):
+    """``torch.load(weights_only=True)`` on CPU; any unpickling failure becomes one line."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle errors come in many types; one line for the user
+        raise error(
+            f"cannot read {path} as a weights-only torch {what}: {first_line(exc)}"
+        ) from None

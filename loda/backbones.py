@@ -18,7 +18,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from ._state import check_state_dict, load_checked
+from ._state import check_state_dict, load_checked, torch_load_weights_only
 from .errors import BackboneWeightsError
 from .model import LoDa
 
@@ -44,13 +44,7 @@ def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             return load_file(str(path), device="cpu")
         except (SafetensorError, OSError, ValueError) as exc:
             raise BackboneWeightsError(f"cannot read safetensors file {path}: {exc}") from None
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle errors come in many types; report them as one line
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise BackboneWeightsError(
-            f"cannot read {path} as a weights-only torch file: {first}"
-        ) from None
+    obj = torch_load_weights_only(path, BackboneWeightsError, "file")
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]

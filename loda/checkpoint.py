@@ -19,7 +19,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ._state import check_state_dict, load_checked
+from ._state import check_state_dict, load_checked, torch_load_weights_only
 from .errors import CheckpointError
 from .metadata import (
     METADATA_KEY,
@@ -102,13 +102,7 @@ def authors_state(model: LoDa) -> dict[str, dict[str, torch.Tensor]]:
 def _read_authors_file(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle errors come in many types; one line for the user
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(
-            f"cannot read {path} as a weights-only torch checkpoint: {first}"
-        ) from None
+    obj = torch_load_weights_only(path, CheckpointError, "checkpoint")
     if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
         obj = obj["model"]  # the authors' training-state files wrap the same dict
     if not isinstance(obj, dict):

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import click
 
-from .errors import LodaError
+from .errors import LodaError, first_line
 
 __all__ = ["USER_ERRORS", "run"]
 
@@ -37,7 +37,6 @@ def run(command: Callable[..., object], *, prog_name: str) -> None:
         exc.show()
         sys.exit(exc.exit_code)
     except _user_errors() as exc:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        click.echo(f"{prog_name}: error: {message}", err=True)
+        click.echo(f"{prog_name}: error: {first_line(exc)}", err=True)
         sys.exit(1)
     sys.exit(0)

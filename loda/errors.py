@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-__all__ = ["BackboneWeightsError", "CheckpointError", "LodaError", "StateDictMismatch"]
+__all__ = [
+    "BackboneWeightsError",
+    "CheckpointError",
+    "LodaError",
+    "StateDictMismatch",
+    "first_line",
+]
 
 
 class LodaError(Exception):
@@ -19,3 +25,9 @@ class CheckpointError(LodaError):
 
 class StateDictMismatch(LodaError):
     """Tensors missing, unexpected or mis-shaped when loading weights into a module."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name when the message is empty)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
