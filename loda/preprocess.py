@@ -535,7 +535,13 @@ def preprocess_image_with_info(
     seed: int | np.random.Generator | None = None,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> PreprocessedImage:
-    """Decode (unless given an RGB uint8 array) -> resize -> crop positions -> crops."""
+    """Decode (unless given an RGB uint8 array) -> resize -> crop positions -> crops.
+
+    ``max_pixels`` (``None``: no limit) bounds both the decoded image (checked on the header,
+    see :func:`decode_image`) and the resized one: an extreme aspect ratio (say 20000 x 8) would
+    otherwise grow to hundreds of millions of pixels at the short-side resize, so it raises
+    :class:`ImageDecodeError` instead.
+    """
     if isinstance(source_or_array, np.ndarray):
         img = _check_rgb_u8(source_or_array, "preprocess_image array input")
     else:
@@ -543,6 +549,18 @@ def preprocess_image_with_info(
             source_or_array, max_pixels=max_pixels, alpha_background=cfg.alpha_background
         )
     oh, ow = img.shape[:2]
+    if max_pixels is not None:
+        rw, rh = resized_size(ow, oh, cfg.resize_short)
+        if rw * rh > max_pixels:
+            where = (
+                ""
+                if isinstance(source_or_array, np.ndarray)
+                else f"{_describe_source(source_or_array)}: "
+            )
+            raise ImageDecodeError(
+                f"{where}resizing {ow}x{oh} to short side {cfg.resize_short} gives {rw}x{rh} "
+                f"({rw * rh} pixels), over the limit of {max_pixels} (extreme aspect ratio)"
+            )
     resized = resize_short_side(img, cfg.resize_short, cfg.resize_filter)
     rh, rw = resized.shape[:2]
     positions = crop_positions(rh, rw, cfg, seed)
