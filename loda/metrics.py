@@ -39,9 +39,6 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-from scipy.optimize import OptimizeWarning, curve_fit
-from scipy.special import expit
-from scipy.stats import kendalltau, rankdata
 
 __all__ = [
     "LogisticFit",
@@ -135,12 +132,16 @@ def _pearson(x: np.ndarray, y: np.ndarray) -> float:
 
 def srcc(pred: Any, mos: Any) -> float:
     """Spearman rank-order correlation, ties given average ranks (= ``scipy.stats.spearmanr``)."""
+    from scipy.stats import rankdata  # scipy is imported on use: the runtime's workers skip it
+
     p, m = check_pairs(pred, mos)
     return _pearson(rankdata(p, method="average"), rankdata(m, method="average"))
 
 
 def krcc(pred: Any, mos: Any) -> float:
     """Kendall rank-order correlation, tau-b (= ``scipy.stats.kendalltau``)."""
+    from scipy.stats import kendalltau
+
     p, m = check_pairs(pred, mos)
     return float(kendalltau(p, m).statistic)
 
@@ -152,6 +153,8 @@ def krcc(pred: Any, mos: Any) -> float:
 
 def logistic4(x: Any, b1: float, b2: float, b3: float, b4: float) -> np.ndarray:
     """VQEG 4-parameter logistic: ``(b1 - b2) / (1 + exp(-(x - b3) / |b4|)) + b2``."""
+    from scipy.special import expit
+
     x = np.asarray(x, dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         return (b1 - b2) * expit((x - b3) / abs(b4)) + b2
@@ -219,6 +222,8 @@ def _linear_fit(p: np.ndarray, m: np.ndarray) -> LogisticFit:
 
 
 def _try_logistic(p: np.ndarray, m: np.ndarray, max_iter: int) -> tuple[LogisticFit | None, str]:
+    from scipy.optimize import OptimizeWarning, curve_fit
+
     p0 = [float(m.max()), float(m.min()), float(p.mean()), 0.5]
     try:
         with warnings.catch_warnings():

@@ -69,6 +69,7 @@ import io
 import math
 import numbers
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from fractions import Fraction
@@ -338,7 +339,12 @@ def decode_image(
             raise ImageDecodeError(
                 f"cannot decode {name}: expected a path, bytes or a binary file object"
             )
-        with Image.open(fp) as im:
+        with warnings.catch_warnings():
+            # our own max_pixels check below replaces Pillow's bomb *warning* (its error at
+            # twice MAX_IMAGE_PIXELS still applies)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(fp)
+        with im:
             w, h = im.size
             if max_pixels is not None and w * h > max_pixels:
                 raise ImageDecodeError(

@@ -252,12 +252,15 @@ class Scorer:
     def iter_scores(
         self,
         items: Iterable[tuple[str, PreparedImage | BaseException]],
+        *,
+        infer: Callable[[np.ndarray], np.ndarray] | None = None,
     ) -> Iterator[ImageScore]:
         """Score prepared images (or pass their errors on), packing crops into batches.
 
         Results come in input order; an error item becomes an ``ImageScore`` with ``error``.
+        ``infer`` replaces ``self.backend.infer`` (e.g. a timed wrapper around it).
         """
-        packer = CropPacker(self.backend.infer, self.batch_size)
+        packer = CropPacker(infer or self.backend.infer, self.batch_size)
         empty = np.zeros((0, self.crop_size, self.crop_size, 3), np.uint8)
         for name, item in items:
             if isinstance(item, BaseException):

@@ -1,0 +1,309 @@
+"""``loda-score``: score image files, directories and archives with a LoDa artifact.
+
+Exit codes: 0 every input scored; 1 some inputs failed (they have error rows) or the run
+failed (a one-line error); 2 usage error (bad option, missing INPUT, bad --shard);
+130 interrupted by Ctrl-C, 143 by SIGTERM (the output is flushed and consistent: rerun with
+--resume to finish).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from loda.errors import LodaError, first_line
+from loda.preprocess import DEFAULT_MAX_PIXELS, LAYOUTS
+
+__all__ = ["main", "score_command"]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_SIGINT, EXIT_SIGTERM = 0, 1, 2, 130, 143
+
+
+class _Terminated(BaseException):
+    """SIGTERM, raised in the main thread so the output is flushed on the way out."""
+
+
+def _on_sigterm(_signum: int, _frame: Any) -> None:
+    raise _Terminated()
+
+
+def _shard(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Any:
+    if value is None:
+        return None
+    from .inputs import parse_shard
+
+    try:
+        return parse_shard(value)
+    except ValueError as exc:
+        raise click.BadParameter(first_line(exc)) from None
+
+
+@click.command(
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    epilog=(
+        "INPUT: image files, directories (recursive, sorted), .tar/.tar.gz/.tgz/.zip archives "
+        "(read member by member, never extracted), @list.txt (one path per line) or - (paths "
+        "on stdin). Rows: source (archive.tar::member for members), score, spread (std of "
+        "the crop scores), mos (when the model carries a calibration), width, height, status "
+        "(ok/error), error. Exit: 0 all scored, 1 some failed, 2 usage error, 130/143 "
+        "interrupted (rerun with --resume)."
+    ),
+)
+@click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
+@click.option(
+    "-m", "--model", "model", required=True, help="Artifact: .onnx, .engine or .safetensors."
+)
+@click.option(
+    "-o",
+    "--output",
+    default="-",
+    show_default=True,
+    help="Result file (CSV or JSONL); - is stdout.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["csv", "jsonl"]),
+    default=None,
+    help="Output format (default: from the suffix, .jsonl -> jsonl, else csv).",
+)
+@click.option(
+    "--backend",
+    type=click.Choice(["onnxruntime", "tensorrt", "torch"]),
+    default=None,
+    help="Default: from the artifact's suffix.",
+)
+@click.option(
+    "--device", default="auto", show_default=True, help="auto, cpu or cuda (backend-dependent)."
+)
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Inference threads.")
+@click.option("--crops", type=click.IntRange(min=1), default=None, help="Crops per image (15).")
+@click.option("--layout", type=click.Choice(LAYOUTS), default=None, help="Crop layout (grid).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of --layout random.")
+@click.option(
+    "-j",
+    "--jobs",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Decode worker processes (default: all cores; 0: decode in-process).",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Crops per inference call (default 60: four 15-crop images).",
+)
+@click.option(
+    "--queue",
+    "queue_size",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Images in flight (bounds memory; default 2 x jobs + 2 batches).",
+)
+@click.option("--resume", is_flag=True, help="Skip inputs already in --output; append the rest.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --output.")
+@click.option("--shard", callback=_shard, default=None, help="I/N: score only shard I of N.")
+@click.option(
+    "--max-pixels",
+    type=click.IntRange(min=0),
+    default=DEFAULT_MAX_PIXELS,
+    show_default=True,
+    help="Refuse images (decoded or resized) over this many pixels; 0: no limit.",
+)
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def score_command(
+    inputs: tuple[str, ...],
+    model: str,
+    output: str,
+    fmt: str | None,
+    backend: str | None,
+    device: str,
+    threads: int | None,
+    crops: int | None,
+    layout: str | None,
+    seed: int,
+    jobs: int | None,
+    batch_size: int | None,
+    queue_size: int | None,
+    resume: bool,
+    overwrite: bool,
+    shard: tuple[int, int] | None,
+    max_pixels: int,
+    no_progress: bool,
+) -> int:
+    """Score images with a LoDa model; one row per input."""
+    from tqdm import tqdm
+
+    from .inputs import InputError, check_specs, iter_inputs, shard_of
+    from .output import ResultRow, ResultWriter, format_for, read_done
+    from .pipeline import PipelineOptions, default_jobs, score_items
+    from .scorer import Scorer
+
+    to_stdout = output == "-"
+    fmt = format_for(None if to_stdout else output, fmt)
+    if resume and overwrite:
+        raise click.UsageError("--resume and --overwrite exclude each other")
+    if to_stdout and resume:
+        raise click.UsageError("--resume needs an --output file")
+    if not to_stdout:
+        out_path = Path(output)
+        if out_path.is_dir():
+            raise click.UsageError(f"--output {output} is a directory")
+        if out_path.exists() and out_path.stat().st_size and not (resume or overwrite):
+            raise click.UsageError(
+                f"--output {output} exists: pass --resume to continue it or --overwrite"
+            )
+    try:
+        check_specs(list(inputs))
+    except InputError as exc:
+        raise click.UsageError(first_line(exc)) from None
+
+    log = _stderr
+    scorer = Scorer.open(
+        model, backend=backend, batch_size=batch_size, device=device, threads=threads
+    )
+    try:
+        cfg = scorer.config(num_crops=crops, layout=layout)
+    except ValueError as exc:
+        raise click.UsageError(first_line(exc)) from None
+    jobs = default_jobs() if jobs is None else jobs
+    info = scorer.backend.info
+    log(
+        f"model {info.path.name} ({info.meta.model.name}, {info.precision}) on "
+        f"{scorer.backend.name}/{info.device}; {cfg.num_crops} {cfg.layout} crops of "
+        f"{cfg.crop_size}px per image, batches of {scorer.batch_size} crops, {jobs} decode "
+        f"worker(s)" + (f", shard {shard[0]}/{shard[1]}" if shard else "")
+    )
+
+    done: set[str] = set()
+    if resume and Path(output).exists():
+        done = read_done(output, fmt)
+        log(f"resuming: {len(done)} input(s) already in {output}")
+    skipped: list[tuple[str, str]] = []
+    counts = {"resumed": 0, "other_shards": 0}
+
+    def selected():
+        for item in iter_inputs(list(inputs), skipped=lambda s, r: skipped.append((s, r))):
+            if shard is not None and shard_of(item.source, shard[1]) != shard[0]:
+                counts["other_shards"] += 1
+                continue
+            if item.source in done:
+                counts["resumed"] += 1
+                continue
+            yield item
+
+    writer = ResultWriter(None if to_stdout else output, fmt, append=resume)
+    bar = tqdm(
+        desc="scoring",
+        unit="img",
+        file=sys.stderr,
+        disable=no_progress or None,
+        dynamic_ncols=True,
+    )
+    failed = [0]
+
+    def on_result(result: Any) -> None:
+        writer.write(
+            ResultRow(
+                source=result.source,
+                score=result.score,
+                spread=result.spread,
+                mos=result.mos,
+                width=result.width,
+                height=result.height,
+                status="ok" if result.ok else "error",
+                error=result.error or "",
+            )
+        )
+        if not result.ok:
+            failed[0] += 1
+            bar.set_postfix(failed=failed[0], refresh=False)
+        bar.update(1)
+
+    options = PipelineOptions(
+        cfg=cfg,
+        seed=seed,
+        jobs=jobs,
+        queue=queue_size,
+        max_pixels=max_pixels or None,
+    )
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    interrupted: int | None = None
+    start = time.perf_counter()
+    stats = None
+    try:
+        stats = score_items(scorer, selected(), options, on_result)
+    except KeyboardInterrupt:
+        interrupted = EXIT_SIGINT
+    except _Terminated:
+        interrupted = EXIT_SIGTERM
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        bar.close()
+        writer.close()
+        scorer.close()
+    seconds = time.perf_counter() - start
+    written = bar.n
+    where = "stdout" if to_stdout else output
+    if interrupted is not None:
+        log(
+            f"interrupted after {written} row(s) in {seconds:.1f}s; {where} is consistent: "
+            "rerun with --resume to finish"
+        )
+        return interrupted
+    assert stats is not None
+    rate = stats.images / seconds if seconds > 0 else 0.0
+    notes = []
+    if skipped:
+        notes.append(f"{len(skipped)} skipped")
+    if counts["resumed"]:
+        notes.append(f"{counts['resumed']} already done")
+    if counts["other_shards"]:
+        notes.append(f"{counts['other_shards']} in other shards")
+    log(
+        f"scored {stats.ok} of {stats.images} image(s), {stats.failed} failed"
+        + (f" ({', '.join(notes)})" if notes else "")
+        + f" in {seconds:.1f}s: {rate:.2f} images/s, {stats.crops / seconds if seconds else 0:.1f}"
+        f" crops/s (inference {stats.infer_seconds:.1f}s) -> {where}"
+    )
+    for source, reason in skipped[:20]:
+        log(f"  skipped {source}: {reason}")
+    if len(skipped) > 20:
+        log(f"  ... and {len(skipped) - 20} more skipped")
+    return EXIT_FAILED if stats.failed else EXIT_OK
+
+
+def _stderr(message: str) -> None:
+    click.echo(f"loda-score: {message}", err=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: usage errors exit 2, user errors 1 (one line), interrupts 130 / 143."""
+    from .inputs import InputError
+
+    try:
+        code = score_command.main(args=argv, prog_name="loda-score", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(EXIT_SIGINT)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except InputError as exc:
+        click.echo(f"loda-score: error: {first_line(exc)}", err=True)
+        sys.exit(EXIT_USAGE)
+    except (LodaError, OSError, ValueError) as exc:
+        click.echo(f"loda-score: error: {first_line(exc)}", err=True)
+        sys.exit(EXIT_FAILED)
+    sys.exit(code if isinstance(code, int) else EXIT_OK)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()
