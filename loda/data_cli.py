@@ -26,7 +26,7 @@ def _parse_size(ctx: click.Context, param: click.Parameter, value: str) -> tuple
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def cli() -> None:
-    """LoDa datasets: make the built-in demo IQA set."""
+    """LoDa datasets: make the built-in demo IQA set; pack images into a tar."""
 
 
 @cli.command("demo")
@@ -62,6 +62,62 @@ def demo_cmd(directory: Path, seed: int, size: tuple[int, int], force: bool) -> 
         f"wrote demo IQA set {csv_path} ({len(rows)} images of {refs} references, "
         f"{size[0]}x{size[1]}, seed {seed}, MOS {min(mos):.2f}-{max(mos):.2f}) in "
         f"{time.perf_counter() - started:.1f} s; next: loda-train --data {csv_path}",
+        err=True,
+    )
+
+
+@cli.command("pack")
+@click.argument("csv_path", metavar="CSV", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+    help="The .tar to write.",
+)  # fmt: skip
+@click.option(
+    "--splits", "splits_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    help="A splits JSON (loda-train writes OUT/splits.json); default: every image.",
+)  # fmt: skip
+@click.option("--split", "split_index", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--subset", type=click.Choice(["test", "train"]), default="test", show_default=True)
+def pack_cmd(
+    csv_path: Path, output: Path, splits_path: Path | None, split_index: int, subset: str
+) -> None:
+    """Pack the images of a generic CSV dataset (all, or one subset of a split) into a .tar.
+
+    Members are named by the image paths relative to the CSV's folder. A manifest OUTPUT.csv
+    (source,mos,ref with source = OUTPUT::member, as loda-score names members) goes beside
+    it, so scores can be joined with their MOS.
+    """
+    import csv
+    import os
+    import tarfile
+
+    from .datasets import read_dataset
+    from .splits import Splits
+
+    dataset = read_dataset("csv", csv_path)
+    samples = dataset.samples
+    what = f"all {len(samples)} images"
+    if splits_path is not None:
+        train, test = Splits.load(splits_path).select(dataset, split_index)
+        samples = test if subset == "test" else train
+        what = f"the {subset} images of split {split_index} ({len(samples)} images)"
+    if not samples:
+        raise click.UsageError("nothing to pack: the selection is empty")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(output.name + ".tmp")
+    with tarfile.open(tmp, "w") as tf:
+        for sample in samples:
+            tf.add(sample.path, arcname=sample.name, recursive=False)
+    os.replace(tmp, output)
+    manifest = output.with_name(output.name + ".csv")
+    with open(manifest, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["source", "mos", "ref"])
+        for sample in samples:
+            writer.writerow([f"{output}::{sample.name}", repr(sample.mos), sample.ref or ""])
+    click.echo(
+        f"wrote {output} ({output.stat().st_size / 1e6:.1f} MB, {what} of {csv_path}) and "
+        f"its manifest {manifest}; next: loda-score {output} -m MODEL -o scores.csv",
         err=True,
     )
 

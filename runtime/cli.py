@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -207,6 +208,8 @@ def score_command(
         dynamic_ncols=True,
     )
     failed = [0]
+    if not bar.disable and "-" not in inputs:
+        threading.Thread(target=_count, args=(inputs, shard, done, bar), daemon=True).start()
 
     def on_result(result: Any) -> None:
         writer.write(
@@ -277,6 +280,22 @@ def score_command(
     if len(skipped) > 20:
         log(f"  ... and {len(skipped) - 20} more skipped")
     return EXIT_FAILED if stats.failed else EXIT_OK
+
+
+def _count(inputs: tuple[str, ...], shard: Any, done: set[str], bar: Any) -> None:
+    """Count the inputs in the background (names only) so the progress bar can show an ETA."""
+    from .inputs import iter_inputs, shard_of
+
+    n = 0
+    try:
+        for item in iter_inputs(list(inputs), read_data=False):
+            if shard is not None and shard_of(item.source, shard[1]) != shard[0]:
+                continue
+            if item.source not in done:
+                n += 1
+    except Exception:  # the scoring run reports input problems itself
+        return
+    bar.total = n
 
 
 def _stderr(message: str) -> None:
