@@ -13,6 +13,7 @@ import dataclasses
 import json
 import os
 import statistics
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -304,13 +305,16 @@ def eval_cmd(
     checkpoint, data_spec, split_file, split_index, layout, seed, crops, output, json_path
 ) -> None:
     """Evaluate CHECKPOINT on a dataset (SRCC/PLCC/KRCC/RMSE) and store the fitted score
-    calibration in its metadata. For the paper's K-split protocol use ``loda-eval-splits``."""
+    calibration in its metadata. The paper's K-split protocol: ``loda-eval --splits K --data ...
+    --out DIR [training options]`` (the same as ``loda-eval-splits``)."""
     from .checkpoint import load_checkpoint, save_checkpoint
     from .evaluate import evaluate_samples
     from .splits import Splits
 
     if checkpoint is None:
-        raise click.UsageError("give a CHECKPOINT (or use loda-eval-splits to train and evaluate)")
+        raise click.UsageError(
+            "give a CHECKPOINT (or --splits K --out DIR to train and evaluate K splits)"
+        )
     _kind, dataset = parse_data_spec(data_spec)
     samples = dataset.samples
     if split_index is not None:
@@ -410,7 +414,12 @@ def train_main() -> None:
 
 
 def eval_main() -> None:
-    run(eval_cmd, prog_name="loda-eval")
+    """``loda-eval CKPT --data ...`` evaluates a checkpoint; ``loda-eval --splits K --data ...
+    --out DIR [training options]`` runs the paper's K-split protocol (= ``loda-eval-splits``)."""
+    if any(a == "--splits" or a.startswith("--splits=") for a in sys.argv[1:]):
+        run(eval_splits_cmd, prog_name="loda-eval")
+    else:
+        run(eval_cmd, prog_name="loda-eval")
 
 
 def eval_splits_main() -> None:

@@ -257,3 +257,25 @@ def test_torchrun_two_processes_on_cpu(small_set, tmp_path):
     assert (tmp_path / "ddp" / "epoch1.safetensors").is_file()
     report = json.loads((tmp_path / "ddp" / "results.json").read_text())
     assert report["trained"]["n"] == report["test_images"]
+
+
+@pytest.mark.slow
+def test_eval_splits_protocol_reports_medians(small_set, tmp_path):
+    csv = small_set.root / "demo.csv"
+    out = tmp_path / "splits"
+    res = _cli(
+        "eval_main", "--splits", "2", "--data", csv, "--out", out, "--config", "loda_micro",
+        "--random-init", "--epochs", "1", "--batch-size", "16", "--crops-per-image", "1",
+        "--train-backbones", "all", "--lr", "1e-3",
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    summary = json.loads((out / "results.json").read_text())
+    assert len(summary["per_split"]) == 2
+    srcc = sorted(r["trained"]["srcc"] for r in summary["per_split"])
+    assert summary["median"]["srcc"] == pytest.approx((srcc[0] + srcc[1]) / 2)
+    assert res.stdout.splitlines()[-1].startswith("median")
+    test_refs = [
+        {s.ref for s in small_set.samples if s.name in split["test"]}
+        for split in json.loads((out / "splits.json").read_text())["splits"]
+    ]
+    assert all(refs for refs in test_refs)
