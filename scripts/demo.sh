@@ -57,7 +57,7 @@ fi
 
 step "8/8 score the held-out tar with loda-score (FP32 ONNX) -> $DEMO_DIR/heldout_scores.csv; then the parity table of every artifact vs PyTorch on the held-out images"
 "$BIN/loda-score" "$DEMO_DIR/heldout.tar" -m "$MODELS/model.onnx" -o "$DEMO_DIR/heldout_scores.csv" --overwrite
-"$BIN/loda-parity" "$CKPT" --data "$DATA/demo.csv" --splits "$TRAIN/splits.json" --split 0 \
-    "${ARTIFACTS[@]}" --json "$DEMO_DIR/parity.json"
+"$BIN/loda-parity" "$CKPT" --data "$DATA/demo.csv" --split-file "$TRAIN/splits.json" --split-index 0 \
+    "${ARTIFACTS[@]}" | tee "$DEMO_DIR/parity.txt"
 
 printf '\ndemo finished in %ss; outputs in %s\n' "$(( $(date +%s) - started ))" "$DEMO_DIR" >&2
