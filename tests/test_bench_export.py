@@ -1,0 +1,121 @@
+"""bench/bench_export.py runs end to end on loda_micro and writes a complete JSON.
+
+Tiny counts (15 crops, 1 round): this checks the benchmark's plumbing and its honesty fields
+(parity with eager, FLOP counts, goals), never its speed figures.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from test_export_onnx import micro_export
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "bench" / "bench_export.py"
+VARIANTS = ("torch-fp32", "ort-fp32", "ort-fp16", "ort-int8-tensorrt", "ort-int8-cpu")
+
+
+def bench(*args) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *map(str, args)],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=ROOT,
+    )
+
+
+@pytest.mark.slow
+def test_bench_export_micro(tmp_path_factory, tmp_path):
+    micro = micro_export(tmp_path_factory)  # shared with the export tests: no second export
+    out, json_path = tmp_path / "bench", tmp_path / "result.json"
+    common = [
+        "--config", "loda_micro",
+        "--checkpoint", micro.checkpoint,
+        "--onnx", micro.onnx_path,
+        "--images", micro.demo_dir,
+        "--out", out,
+        "--crops", 15,
+        "--batch", 8,  # two batches, the second partial
+        "--repeats", 1,
+        "--warmup", 1,
+        "--threads", 1,
+        "--calib-images", 2,
+        "--sgemm-sizes", 128,
+    ]  # fmt: skip
+    proc = bench(*common, "--json", json_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(json_path.read_text())
+
+    rows = {r["name"]: r for r in result["variants"]}
+    assert tuple(rows) == VARIANTS
+    for name, row in rows.items():
+        assert row["crops_per_s"] > 0 and math.isfinite(row["crops_per_s"]), name
+        assert len(row["seconds_per_round"]) == 1
+        assert row["size_mb"] > 0
+        for key in ("x_eager", "gflops", "pct_of_sgemm_peak"):
+            assert row[key] > 0, (name, key)
+    assert rows["torch-fp32"]["parity"] is None
+    for name in VARIANTS[1:]:
+        p = rows[name]["parity"]
+        assert p["n_crops"] == 15 and p["n_images"] == 1 and p["n_nonfinite"] == 0, name
+        assert p["max_abs"] >= 0 and p["spearman_crops"] is not None, name
+        assert "spearman_images" in p and "mean_abs" in p, name
+    # FP32 ONNX must score like eager (a correctness check, not a speed one).
+    assert rows["ort-fp32"]["parity"]["max_abs"] <= 1e-4
+    assert rows["ort-fp32"]["parity_verdict"] == "ok"
+
+    flops = result["flops"]
+    graph, counted = flops["graph_gemm_gflop_per_crop"], flops["torch_counter_gflop_per_crop"]
+    assert graph > 0 and abs(graph - counted) <= 0.02 * graph  # two independent FLOP counts
+    assert flops["graph_gemm_nodes_without_shapes"] == []
+    assert result["sgemm"]["peak_gflops"] > 0
+    assert result["sgemm_bound_limit_crops_per_s"] > 0
+    assert [g["passed"] in (True, False) for g in result["goals"]] == [True] * 3
+    assert result["images"]["calib_images"] == 2 and result["images"]["bench_images"] == 1
+    assert set(result["images"]["calib_names"]).isdisjoint(result["images"]["bench_names"])
+    assert result["machine"]["threads"] == 1 and result["machine"]["cpu_model"]
+    assert "x eager" in proc.stdout and "sgemm-bound limit" in proc.stdout
+    assert proc.stdout.count("PASS") + proc.stdout.count("MISS") >= 3
+
+
+def test_artifacts_are_reused_only_while_inputs_and_bytes_match(tmp_path):
+    bench_export = _load_script()
+    built = []
+
+    def build(path, text):
+        def make():
+            built.append(text)
+            path.write_text(text)
+
+        return make
+
+    model = tmp_path / "m.onnx"
+    sha = bench_export.Artifacts(tmp_path).ensure(model, {"src": "a"}, build(model, "one"))
+    again = bench_export.Artifacts(tmp_path)  # a new run reads artifacts.json
+    assert again.ensure(model, {"src": "a"}, build(model, "two")) == sha
+    assert built == ["one"] and again.events["m.onnx"]["reused"] is True
+    again.ensure(model, {"src": "b"}, build(model, "three"))  # other inputs: made again
+    model.write_text("edited")  # the bytes no longer match the record: made again
+    again.ensure(model, {"src": "b"}, build(model, "four"))
+    assert built == ["one", "three", "four"] and model.read_text() == "four"
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("bench_export", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_export"] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_export_usage_error():
+    proc = bench("--onnx", "model.onnx")
+    assert proc.returncode == 2
+    assert "--onnx needs the --checkpoint" in proc.stderr
