@@ -84,6 +84,13 @@ def _shard(_ctx: click.Context, _param: click.Parameter, value: str | None) -> A
     "--device", default="auto", show_default=True, help="auto, cpu or cuda (backend-dependent)."
 )
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Inference threads.")
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "fp16", "bf16"]),
+    default=None,
+    help="torch backend only: fp32 (default) or fp16/bf16 autocast on CUDA. ONNX and engine "
+    "files carry their precision in the graph.",
+)
 @click.option("--crops", type=click.IntRange(min=1), default=None, help="Crops per image (15).")
 @click.option("--layout", type=click.Choice(LAYOUTS), default=None, help="Crop layout (grid).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of --layout random.")
@@ -126,6 +133,7 @@ def score_command(
     backend: str | None,
     device: str,
     threads: int | None,
+    precision: str | None,
     crops: int | None,
     layout: str | None,
     seed: int,
@@ -166,9 +174,17 @@ def score_command(
         raise click.UsageError(first_line(exc)) from None
 
     log = _stderr
-    scorer = Scorer.open(
-        model, backend=backend, batch_size=batch_size, device=device, threads=threads
-    )
+    options: dict[str, Any] = {"device": device, "threads": threads}
+    if precision is not None:
+        from .scorer import backend_for_path
+
+        if (backend or backend_for_path(model)) != "torch":
+            raise click.UsageError(
+                "--precision applies to the torch backend (.safetensors) only; ONNX and engine "
+                "files carry their precision in the graph"
+            )
+        options["precision"] = precision
+    scorer = Scorer.open(model, backend=backend, batch_size=batch_size, **options)
     try:
         cfg = scorer.config(num_crops=crops, layout=layout)
     except ValueError as exc:
@@ -229,7 +245,7 @@ def score_command(
             bar.set_postfix(failed=failed[0], refresh=False)
         bar.update(1)
 
-    options = PipelineOptions(
+    pipeline_options = PipelineOptions(
         cfg=cfg,
         seed=seed,
         jobs=jobs,
@@ -241,7 +257,7 @@ def score_command(
     start = time.perf_counter()
     stats = None
     try:
-        stats = score_items(scorer, selected(), options, on_result)
+        stats = score_items(scorer, selected(), pipeline_options, on_result)
     except KeyboardInterrupt:
         interrupted = EXIT_SIGINT
     except _Terminated:
