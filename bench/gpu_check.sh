@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# The LoDa GPU check: one JSON report (parity, crops/s, decode speed; TensorRT when importable).
+# Runs from a plain copy of the source tree (repository root), with only torch (CUDA), timm,
+# onnx, onnxruntime, numpy and Pillow installed. Make out/gpu_bundle first (bench/gpu_bundle.sh).
+#   bash bench/gpu_check.sh [--out PATH] [more bench/gpu_check.py options]
+#   PY=/path/to/python bash bench/gpu_check.sh ...        (default: python3)
+# A hard `timeout 470` guards the run; the report is rewritten after every section, so a killed
+# run still leaves one. Exit status: 0 when a report was written, 1 when none could be.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# The interpreter: $PY, else the first of python3 / python that imports torch.
+if [ -z "${PY:-}" ]; then
+  PY=python3
+  for cand in python3 python; do
+    if command -v "$cand" >/dev/null 2>&1 && "$cand" -c 'import torch' >/dev/null 2>&1; then
+      PY=$cand
+      break
+    fi
+  done
+fi
+REPORT=${GPU_CHECK_OUT:-out/gpu_check.json}
+LIMIT=${GPU_CHECK_TIMEOUT:-470}
+
+args=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --out) REPORT=$2; shift 2 ;;
+    --out=*) REPORT=${1#--out=}; shift ;;
+    *) args+=("$1"); shift ;;
+  esac
+done
+mkdir -p "$(dirname "$REPORT")"
+rm -f "$REPORT"
+
+runner=()
+if command -v timeout >/dev/null 2>&1; then
+  runner=(timeout -k 10 "$LIMIT")
+fi
+set +e
+${runner[@]+"${runner[@]}"} "$PY" bench/gpu_check.py --out "$REPORT" ${args[@]+"${args[@]}"}
+rc=$?
+set -e
+
+if [ ! -s "$REPORT" ]; then
+  echo "gpu_check: no report written (exit status $rc)" >&2
+  exit 1
+fi
+if [ "$rc" -ne 0 ]; then
+  # Killed (124/137: the timeout) or crashed: say so in the report itself.
+  "$PY" - "$REPORT" "$rc" <<'EOF' || true
+import json, sys
+path, rc = sys.argv[1], int(sys.argv[2])
+with open(path, encoding="utf-8") as f:
+    data = json.load(f)
+data["complete"] = False
+data["exit_status"] = rc
+data["killed_by_timeout"] = rc in (124, 137)
+with open(path, "w", encoding="utf-8") as f:
+    json.dump(data, f, indent=2)
+EOF
+  echo "gpu_check: exit status $rc (124/137: killed by the timeout); partial report $REPORT" >&2
+fi
+echo "gpu_check: report $REPORT" >&2
