@@ -29,11 +29,7 @@ inputs), so a rerun only measures. See ``bench/README.md``.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import math
-import os
-import platform
 import shutil
 import statistics
 import sys
@@ -45,8 +41,10 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/sgemm.py, run as a script
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/*.py, run as a script
 
+import _common
+from _common import Artifacts, BenchError, log
 from sgemm import DEFAULT_SIZES, measure_sgemm_peak, thread_limits
 
 SCHEMA = 1
@@ -63,16 +61,6 @@ NOMINAL_GFLOP_PER_CROP = {"loda_b16": 45.7}
 GOAL_ORT_FP32_X_EAGER = 1.4
 GOAL_ORT_FP32_OF_SGEMM_LIMIT = 0.85
 GOAL_INT8_CPU_X_EAGER = 2.5
-
-_STARTED = time.perf_counter()
-
-
-def log(message: str) -> None:
-    print(f"[{time.perf_counter() - _STARTED:6.1f}s] {message}", file=sys.stderr, flush=True)
-
-
-class BenchError(Exception):
-    """A problem with the user's input (images, options): one line, exit 1."""
 
 
 @dataclass(frozen=True)
@@ -106,59 +94,6 @@ BY_NAME = {v.name: v for v in VARIANTS}
 # --------------------------------------------------------------------------------------------
 
 
-def machine_description(threads: int) -> dict[str, Any]:
-    from loda.export.onnx import tool_versions
-    from loda.metadata import git_commit
-
-    cpu_model, flags = "unknown", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and cpu_model == "unknown":
-                cpu_model = value.strip()
-            elif key.strip() == "flags" and not flags:
-                flags = set(value.split())
-    except OSError:
-        cpu_model = platform.processor() or "unknown"
-    isa = (
-        "avx2",
-        "fma",
-        "avx512f",
-        "avx512_vnni",
-        "avx_vnni",
-        "avx512_bf16",
-        "amx_bf16",
-        "amx_int8",
-    )
-    mem_gb = None
-    with contextlib.suppress(ValueError, OSError, AttributeError):
-        mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
-    import torch
-
-    return {
-        "cpu_model": cpu_model,
-        "logical_cpus": os.cpu_count(),
-        "usable_cpus": _usable_cpus(),
-        "isa": [f for f in isa if f in flags],
-        "memory_gb": round(mem_gb, 1) if mem_gb else None,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "versions": tool_versions(extra=("numpy", "onnxconverter-common", "threadpoolctl")),
-        "torch_mkldnn": torch.backends.mkldnn.is_available(),
-        "torch_float32_matmul_precision": torch.get_float32_matmul_precision(),
-        "torch_parallel_info": torch.__config__.parallel_info().strip().splitlines(),
-        "threads": threads,
-        "git_commit": git_commit(),
-    }
-
-
-def _usable_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
 def _peak_rss_gb() -> float | None:
     try:
         import resource
@@ -167,91 +102,16 @@ def _peak_rss_gb() -> float | None:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2)  # KiB on Linux
 
 
-def _load_average() -> list[float] | None:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return None
-
-
 # --------------------------------------------------------------------------------------------
-# Artifacts (made once, reused while their inputs are unchanged)
+# Artifacts (made once, reused while their inputs are unchanged: _common.Artifacts)
 # --------------------------------------------------------------------------------------------
-
-
-class Artifacts:
-    """``artifacts.json``: for each file, its sha256 and what it was made from."""
-
-    def __init__(self, out: Path) -> None:
-        self.path = out / "artifacts.json"
-        self.records: dict[str, Any] = {}
-        if self.path.is_file():
-            try:
-                self.records = json.loads(self.path.read_text())
-            except json.JSONDecodeError:
-                self.records = {}
-        self.events: dict[str, dict[str, Any]] = {}
-
-    def reusable(self, path: Path, inputs: dict[str, Any]) -> bool:
-        from loda.export.onnx import sha256_file
-
-        record = self.records.get(path.name)
-        if not path.is_file() or not record or record.get("inputs") != inputs:
-            return False
-        return record.get("sha256") == sha256_file(path)
-
-    def ensure(self, path: Path, inputs: dict[str, Any], build: Callable[[], None]) -> str:
-        """Build ``path`` unless the recorded one still fits ``inputs``; return its sha256."""
-        from loda.export.onnx import sha256_file
-
-        t0 = time.perf_counter()
-        if self.reusable(path, inputs):
-            self.events[path.name] = {"reused": True, "seconds": 0.0}
-            log(f"reusing {path} (same inputs and sha256 as recorded)")
-            return self.records[path.name]["sha256"]
-        build()
-        sha = sha256_file(path)
-        self.records[path.name] = {"sha256": sha, "inputs": inputs}
-        self.path.write_text(json.dumps(self.records, indent=2, sort_keys=True) + "\n")
-        seconds = time.perf_counter() - t0
-        self.events[path.name] = {"reused": False, "seconds": round(seconds, 1)}
-        log(f"made {path} ({path.stat().st_size / 1e6:.1f} MB) in {seconds:.1f} s")
-        return sha
-
-
-def _random_init_source(config: str, seed: int) -> str:
-    # The provenance `loda create CONFIG --seed S` writes for random-init backbones.
-    return f"loda create {config} (random-init backbones, seed {seed})"
-
-
-def make_checkpoint(config: str, seed: int, path: Path) -> None:
-    import torch
-
-    from loda.checkpoint import save_checkpoint
-    from loda.model import create_model
-
-    log(f"creating a random-init {config} checkpoint (seed {seed})")
-    torch.manual_seed(seed)
-    model = create_model(config)
-    save_checkpoint(model, path, provenance={"source": _random_init_source(config, seed)})
 
 
 def check_given_onnx(path: Path, checkpoint_sha: str) -> str:
     """The sha256 of ``path`` after checking that it is the FP32 export of the checkpoint."""
-    import onnx
+    from loda.export.onnx import sha256_file
 
-    from loda.export.onnx import read_onnx_metadata, sha256_file
-
-    if not path.is_file():
-        raise BenchError(f"no ONNX file at {path}")
-    meta = read_onnx_metadata(onnx.load(str(path), load_external_data=False))
-    if meta.get("loda.precision", "fp32") != "fp32":
-        raise BenchError(f"--onnx {path} is a {meta['loda.precision']} graph; pass the FP32 export")
-    if meta.get("loda.source_sha256") != checkpoint_sha:
-        raise BenchError(
-            f"--onnx {path} was not exported from this checkpoint (source sha256 "
-            f"{meta.get('loda.source_sha256', 'missing')[:12]}, checkpoint {checkpoint_sha[:12]})"
-        )
+    _common.check_onnx_source(path, checkpoint_sha)
     log(f"using {path} (exported from this checkpoint)")
     return sha256_file(path)
 
@@ -625,26 +485,17 @@ def judge_goals(
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    from loda.config import list_configs
-
     parser = argparse.ArgumentParser(
         prog="bench/bench_export.py",
         description="Crops/s of PyTorch eager vs ONNX Runtime FP32/FP16/INT8, side by side.",
     )
-    parser.add_argument("--config", default="loda_b16", choices=list_configs())
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="artifacts and the JSON")
-    parser.add_argument(
-        "--checkpoint",
-        type=Path,
-        help="benchmark this checkpoint instead of a random-init one of --config (its config wins)",
-    )
-    parser.add_argument(
-        "--onnx",
-        type=Path,
-        help="use this FP32 export of --checkpoint instead of exporting again (its recorded "
+    _common.add_model_arguments(
+        parser,
+        default_out=DEFAULT_OUT,
+        onnx_help="use this FP32 export of --checkpoint instead of exporting again (its recorded "
         "source sha256 must be the checkpoint's)",
+        seed_help="seed of the random-init checkpoint",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random-init checkpoint")
     parser.add_argument(
         "--images",
         type=Path,
@@ -693,9 +544,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from loda.preprocess import preprocess_image
 
     started = time.perf_counter()
-    threads = args.threads or _usable_cpus()
+    threads = args.threads or _common.usable_cpus()
     torch.set_num_threads(threads)
-    load_before = _load_average()
+    load_before = _common.load_average()
     chosen = [v for v in VARIANTS if v.name == "torch-fp32" or v.name in args.variants]
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -712,7 +563,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ckpt_sha = artifacts.ensure(
             ckpt,
             {"config": args.config, "seed": args.seed, "kind": "random-init"},
-            lambda: make_checkpoint(args.config, args.seed, ckpt),
+            lambda: _common.make_checkpoint(args.config, args.seed, ckpt),
         )
     meta, _ = read_safetensors_metadata(ckpt)
     config, cfg = meta.model.name, meta.preprocess
@@ -845,8 +696,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "settle_seconds": SETTLE_SECONDS,
             "int8_method": args.method,
         },
-        "machine": machine_description(threads),
-        "load_average": {"before": load_before, "after": _load_average()},
+        "machine": _common.machine_description(threads),
+        "load_average": {"before": load_before, "after": _common.load_average()},
         "checkpoint": {
             "path": str(ckpt),
             "sha256": ckpt_sha,
@@ -872,20 +723,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    from loda.errors import LodaError
-
-    try:
-        result = run(args)
-    except (BenchError, LodaError) as exc:
-        print(f"error: {str(exc).strip().splitlines()[0]}", file=sys.stderr)
-        return 1
-    json_path = args.json or args.out / "bench_export.json"
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(result, indent=2) + "\n")
-    print(render(result))
-    print(f"\nJSON: {json_path} ({result['seconds']:.0f} s in all)")
-    return 0
+    return _common.bench_main(argv, parse_args, run, render, "bench_export.json")
 
 
 if __name__ == "__main__":

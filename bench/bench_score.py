@@ -40,10 +40,8 @@ from __future__ import annotations
 import argparse
 import csv
 import functools
-import json
 import multiprocessing
 import os
-import platform
 import re
 import shutil
 import statistics
@@ -60,6 +58,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/*.py, run as a script
+
+import _common
+from _common import Artifacts, BenchError, log
 
 SCHEMA = 1
 DEFAULT_OUT = Path("out/bench/score")
@@ -115,100 +118,10 @@ WAYS: tuple[Way, ...] = (
     Way("torch-loop", "PyTorch loop (authors' style)"),
 )
 
-_STARTED = time.perf_counter()
-
-
-def log(message: str) -> None:
-    print(f"[{time.perf_counter() - _STARTED:6.1f}s] {message}", file=sys.stderr, flush=True)
-
-
-class BenchError(Exception):
-    """A problem with the user's input or a failed run: one line, exit 1."""
-
 
 # --------------------------------------------------------------------------------------------
-# The machine
+# Models (made once, reused while their inputs are unchanged: _common.Artifacts)
 # --------------------------------------------------------------------------------------------
-
-
-def usable_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
-def load_average() -> list[float] | None:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return None
-
-
-def machine_description() -> dict[str, Any]:
-    from loda.export.onnx import tool_versions
-    from loda.metadata import git_commit
-
-    cpu_model = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                cpu_model = value.strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu_model": cpu_model,
-        "logical_cpus": os.cpu_count(),
-        "usable_cpus": usable_cpus(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "versions": tool_versions(extra=("numpy", "pillow")),
-        "git_commit": git_commit(),
-    }
-
-
-# --------------------------------------------------------------------------------------------
-# Artifacts (made once, reused while their inputs are unchanged)
-# --------------------------------------------------------------------------------------------
-
-
-class Artifacts:
-    """``artifacts.json``: for each file, its sha256 and what it was made from."""
-
-    def __init__(self, out: Path) -> None:
-        self.path = out / "artifacts.json"
-        self.records: dict[str, Any] = {}
-        if self.path.is_file():
-            try:
-                self.records = json.loads(self.path.read_text())
-            except json.JSONDecodeError:
-                self.records = {}
-        self.events: dict[str, dict[str, Any]] = {}
-
-    def ensure(self, path: Path, inputs: dict[str, Any], build: Callable[[], None]) -> str:
-        """Build ``path`` unless the recorded one still fits ``inputs``; return its sha256."""
-        from loda.export.onnx import sha256_file
-
-        key = str(path.relative_to(self.path.parent))
-        record = self.records.get(key)
-        t0 = time.perf_counter()
-        if path.is_file() and record and record.get("inputs") == inputs:
-            sha = sha256_file(path)
-            if record.get("sha256") == sha:
-                self.events[key] = {"reused": True, "seconds": 0.0}
-                log(f"reusing {path} (same inputs and sha256 as recorded)")
-                return sha
-        path.parent.mkdir(parents=True, exist_ok=True)
-        build()
-        sha = sha256_file(path)
-        self.records[key] = {"sha256": sha, "inputs": inputs}
-        self.path.write_text(json.dumps(self.records, indent=2, sort_keys=True) + "\n")
-        seconds = time.perf_counter() - t0
-        self.events[key] = {"reused": False, "seconds": round(seconds, 1)}
-        log(f"made {path} ({path.stat().st_size / 1e6:.1f} MB) in {seconds:.1f} s")
-        return sha
 
 
 @dataclass(frozen=True)
@@ -234,24 +147,6 @@ def model_from_onnx(path: Path) -> Model:
         raise BenchError(f"{path} carries no LoDa metadata: not a loda-export file")
     meta = CheckpointMeta.from_json(record)
     return Model(meta.model.name, None, path, meta.provenance.get("source", "?"), meta.preprocess)
-
-
-def _random_init_source(config: str, seed: int) -> str:
-    # The provenance `loda create CONFIG --seed S` writes for random-init backbones.
-    return f"loda create {config} (random-init backbones, seed {seed})"
-
-
-def _make_checkpoint(config: str, seed: int, path: Path) -> None:
-    import torch
-
-    from loda.checkpoint import save_checkpoint
-    from loda.model import create_model
-
-    log(f"creating a random-init {config} checkpoint (seed {seed})")
-    torch.manual_seed(seed)
-    save_checkpoint(
-        create_model(config), path, provenance={"source": _random_init_source(config, seed)}
-    )
 
 
 def _export(checkpoint: Path, onnx_path: Path) -> None:
@@ -283,13 +178,11 @@ def ensure_model(
         ckpt_sha = artifacts.ensure(
             checkpoint,
             {"config": config, "seed": seed, "kind": "random-init"},
-            lambda: _make_checkpoint(config, seed, checkpoint),
+            lambda: _common.make_checkpoint(config, seed, checkpoint),
         )
     meta, _ = read_safetensors_metadata(checkpoint)
     if onnx_path is not None:
-        if not onnx_path.is_file():
-            raise BenchError(f"no ONNX file at {onnx_path}")
-        _check_onnx_source(onnx_path, ckpt_sha)
+        _common.check_onnx_source(onnx_path, ckpt_sha)
     else:
         onnx_path = folder / f"{checkpoint.stem}.onnx"
         artifacts.ensure(
@@ -304,21 +197,6 @@ def ensure_model(
         meta.provenance.get("source", "?"),
         meta.preprocess,
     )
-
-
-def _check_onnx_source(path: Path, checkpoint_sha: str) -> None:
-    import onnx
-
-    from loda.export.onnx import read_onnx_metadata
-
-    meta = read_onnx_metadata(onnx.load(str(path), load_external_data=False))
-    if meta.get("loda.precision", "fp32") != "fp32":
-        raise BenchError(f"--onnx {path} is a {meta['loda.precision']} graph; pass the FP32 export")
-    if meta.get("loda.source_sha256") != checkpoint_sha:
-        raise BenchError(
-            f"--onnx {path} was not exported from this checkpoint (source sha256 "
-            f"{meta.get('loda.source_sha256', 'missing')[:12]}, checkpoint {checkpoint_sha[:12]})"
-        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -395,18 +273,7 @@ def pipeline_runner(scorer: Any, tar: Path, cfg: Any, jobs: int, csv_path: Path)
         writer = ResultWriter(csv_path, "csv")
 
         def on_result(r: Any) -> None:
-            writer.write(
-                ResultRow(
-                    source=r.source,
-                    score=r.score,
-                    spread=r.spread,
-                    mos=r.mos,
-                    width=r.width,
-                    height=r.height,
-                    status="ok" if r.ok else "error",
-                    error=r.error or "",
-                )
-            )
+            writer.write(ResultRow.from_result(r))
             if not r.ok:
                 raise BenchError(f"pipeline: {r.source}: {r.error}")
             out[member_key(r.source)] = r.score
@@ -1067,26 +934,17 @@ def render(result: dict[str, Any]) -> str:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    from loda.config import list_configs
-
     parser = argparse.ArgumentParser(
         prog="bench/bench_score.py",
         description="loda-score end to end vs inference alone vs a PyTorch loop; decode "
         "throughput; peak memory.",
     )
-    parser.add_argument("--config", default="loda_b16", choices=list_configs())
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="artifacts and the JSON")
-    parser.add_argument(
-        "--checkpoint",
-        type=Path,
-        help="benchmark this checkpoint instead of a random-init one of --config (its config wins)",
+    _common.add_model_arguments(
+        parser,
+        default_out=DEFAULT_OUT,
+        onnx_help="its FP32 export (recorded source sha256 must match); default: exported in --out",
+        seed_help="seed of random-init checkpoints",
     )
-    parser.add_argument(
-        "--onnx",
-        type=Path,
-        help="its FP32 export (recorded source sha256 must match); default: exported in --out",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed of random-init checkpoints")
     parser.add_argument(
         "--images",
         type=int,
@@ -1159,7 +1017,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     # Quick mode checks plumbing, not speed: no idle gaps between timed passes.
     args.settle = 0.0 if args.quick else SETTLE_SECONDS
-    cpus = usable_cpus()
+    cpus = _common.usable_cpus()
     args.threads = args.threads or cpus
     args.jobs = args.jobs or list(range(1, cpus + 1))
     if args.score_jobs is None:
@@ -1173,7 +1031,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
-    load_before = load_average()
+    load_before = _common.load_average()
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     artifacts = Artifacts(out)
@@ -1192,7 +1050,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "sections": args.sections,
             "settle_seconds": args.settle,
         },
-        "machine": machine_description(),
+        "machine": _common.machine_description(),
         "model": {
             "checkpoint": str(model.checkpoint),
             "onnx": str(model.onnx),
@@ -1218,27 +1076,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         goals += result["memory"]["goals"]
     result["goals"] = goals
     result["artifacts"] = artifacts.events
-    result["load_average"] = {"before": load_before, "after": load_average()}
+    result["load_average"] = {"before": load_before, "after": _common.load_average()}
     result["seconds"] = time.perf_counter() - started
     shutil.rmtree(out / "scratch", ignore_errors=True)
     return result
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    from loda.errors import LodaError
-
-    try:
-        result = run(args)
-    except (BenchError, LodaError) as exc:
-        print(f"error: {str(exc).strip().splitlines()[0]}", file=sys.stderr)
-        return 1
-    json_path = args.json or args.out / "bench_score.json"
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(result, indent=2) + "\n")
-    print(render(result))
-    print(f"\nJSON: {json_path} ({result['seconds']:.0f} s in all)")
-    return 0
+    return _common.bench_main(argv, parse_args, run, render, "bench_score.json")
 
 
 if __name__ == "__main__":

@@ -228,18 +228,7 @@ def score_command(
         threading.Thread(target=_count, args=(inputs, shard, done, bar), daemon=True).start()
 
     def on_result(result: Any) -> None:
-        writer.write(
-            ResultRow(
-                source=result.source,
-                score=result.score,
-                spread=result.spread,
-                mos=result.mos,
-                width=result.width,
-                height=result.height,
-                status="ok" if result.ok else "error",
-                error=result.error or "",
-            )
-        )
+        writer.write(ResultRow.from_result(result))
         if not result.ok:
             failed[0] += 1
             bar.set_postfix(failed=failed[0], refresh=False)

@@ -103,6 +103,20 @@ class ResultRow:
     status: str = "ok"
     error: str = ""
 
+    @classmethod
+    def from_result(cls, result: Any) -> ResultRow:
+        """The row of a :class:`loda.runtime.scorer.ImageScore`."""
+        return cls(
+            source=result.source,
+            score=result.score,
+            spread=result.spread,
+            mos=result.mos,
+            width=result.width,
+            height=result.height,
+            status="ok" if result.ok else "error",
+            error=result.error or "",
+        )
+
 
 def format_for(path: PathLike | None, fmt: str | None) -> str:
     """The output format: ``fmt`` if given, else jsonl for ``.jsonl`` / ``.ndjson``, else csv."""

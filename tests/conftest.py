@@ -3,6 +3,7 @@ from __future__ import annotations
 import copy
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +11,8 @@ import torch
 from PIL import Image
 
 from loda.model import LoDa, create_model
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def perturb(model: LoDa, seed: int = 0) -> LoDa:
@@ -63,3 +66,14 @@ def photo(tmp_path):
 
 def run_python(code: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+
+
+def run_bench(script: str, *args) -> subprocess.CompletedProcess:
+    """``python bench/SCRIPT ARGS...`` from the repository root, as a user runs it."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "bench" / script), *map(str, args)],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=ROOT,
+    )

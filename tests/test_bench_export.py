@@ -9,26 +9,14 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from conftest import ROOT, run_bench
 from test_export_onnx import micro_export
 
-ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "bench" / "bench_export.py"
 VARIANTS = ("torch-fp32", "ort-fp32", "ort-fp16", "ort-int8-tensorrt", "ort-int8-cpu")
-
-
-def bench(*args) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(SCRIPT), *map(str, args)],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=ROOT,
-    )
 
 
 @pytest.mark.slow
@@ -49,7 +37,7 @@ def test_bench_export_micro(tmp_path_factory, tmp_path):
         "--calib-images", 2,
         "--sgemm-sizes", 128,
     ]  # fmt: skip
-    proc = bench(*common, "--json", json_path)
+    proc = run_bench("bench_export.py", *common, "--json", json_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(json_path.read_text())
 
@@ -116,6 +104,6 @@ def _load_script():
 
 
 def test_bench_export_usage_error():
-    proc = bench("--onnx", "model.onnx")
+    proc = run_bench("bench_export.py", "--onnx", "model.onnx")
     assert proc.returncode == 2
     assert "--onnx needs the --checkpoint" in proc.stderr

@@ -9,26 +9,12 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from conftest import run_bench
 from test_export_onnx import micro_export
 
-ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = ROOT / "bench" / "bench_score.py"
 WAYS = ("inference", "pipeline", "loda-score", "loda-score-total", "torch-loop")
-
-
-def bench(*args) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(SCRIPT), *map(str, args)],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=ROOT,
-    )
 
 
 def positive(x) -> bool:
@@ -39,7 +25,8 @@ def positive(x) -> bool:
 def test_bench_score_quick_micro(tmp_path_factory, tmp_path):
     micro = micro_export(tmp_path_factory)  # shared with the export tests: no second export
     out, json_path = tmp_path / "bench", tmp_path / "result.json"
-    proc = bench(
+    proc = run_bench(
+        "bench_score.py",
         "--quick",
         "--config", "loda_micro",
         "--checkpoint", micro.checkpoint,
@@ -93,6 +80,6 @@ def test_bench_score_quick_micro(tmp_path_factory, tmp_path):
 
 
 def test_bench_score_usage_error():
-    proc = bench("--onnx", "model.onnx")
+    proc = run_bench("bench_score.py", "--onnx", "model.onnx")
     assert proc.returncode == 2
     assert "--onnx needs the --checkpoint" in proc.stderr
