@@ -20,8 +20,12 @@ PLCC (Pearson linear correlation) and RMSE
 
         y' = (b1 - b2) / (1 + exp(-(y - b3) / |b4|)) + b2
 
-    fitted by least squares from the start values b1 = max(MOS), b2 = min(MOS),
-    b3 = mean(pred), b4 = 0.5. PLCC is the Pearson correlation between MOS and the mapped
+    fitted by least squares (scipy ``curve_fit``, trust-region) on standardised predictions
+    z = (y - mean) / std from the start values b1 = max(MOS), b2 = min(MOS), b3 = 0, b4 = 1
+    (b3 and b4 are mapped back to the scale of y afterwards), with ``|b4| >= 0.05 std``
+    (:data:`MIN_SLOPE_WIDTH`): without that floor a weak predictor's fit collapses into a
+    step whose PLCC jumps with float noise, so an exported model and its PyTorch source got
+    PLCCs 0.02-0.08 apart from scores 1e-7 apart. PLCC is the Pearson correlation between MOS and the mapped
     predictions and RMSE is the root-mean-square error between them. If the nonlinear fit
     fails, a straight line (``np.polyfit`` degree 1) is used instead and a
     ``RuntimeWarning`` says so; the linear PLCC equals the raw Pearson correlation.
@@ -221,21 +225,50 @@ def _linear_fit(p: np.ndarray, m: np.ndarray) -> LogisticFit:
     return LogisticFit(params=None, kind="linear", coef=(float(slope), float(intercept)))
 
 
-def _try_logistic(p: np.ndarray, m: np.ndarray, max_iter: int) -> tuple[LogisticFit | None, str]:
-    from scipy.optimize import OptimizeWarning, curve_fit
+#: Smallest logistic width ``b4`` in units of the predictions' standard deviation.
+MIN_SLOPE_WIDTH = 0.05
 
-    p0 = [float(m.max()), float(m.min()), float(p.mean()), 0.5]
+
+def curve_fit(*args: Any, **kwargs: Any) -> Any:
+    """``scipy.optimize.curve_fit``, imported on first use."""
+    from scipy.optimize import curve_fit as scipy_curve_fit
+
+    return scipy_curve_fit(*args, **kwargs)
+
+
+def _try_logistic(p: np.ndarray, m: np.ndarray, max_iter: int) -> tuple[LogisticFit | None, str]:
+    from scipy.optimize import OptimizeWarning
+
+    # Fit on standardised predictions (z = (p - mean) / std, start b3 = 0, b4 = 1), then map
+    # b3, b4 back: the same model, but the start values fit any score scale. b4 >= 0.05 std
+    # keeps the curve from collapsing into a step (a step's PLCC jumps with float noise, so an
+    # ONNX export and PyTorch would get different PLCCs from near-identical scores).
+    mu, sd = float(p.mean()), float(p.std())
+    if not sd > 0.0:
+        return None, "constant predictions"
+    z = (p - mu) / sd
+    p0 = [float(m.max()), float(m.min()), 0.0, 1.0]
     try:
         with warnings.catch_warnings():
+            # "Covariance of the parameters could not be estimated" says nothing about the fit
+            # itself (we never use the covariance); other optimiser warnings are failures.
             warnings.simplefilter("error", OptimizeWarning)
-            popt, _ = curve_fit(logistic4, p, m, p0=p0, maxfev=max_iter)
+            warnings.filterwarnings("ignore", "Covariance of the parameters", OptimizeWarning)
+            popt, _ = curve_fit(
+                logistic4,
+                z,
+                m,
+                p0=p0,
+                bounds=([-np.inf, -np.inf, -np.inf, MIN_SLOPE_WIDTH], np.inf),
+                max_nfev=max_iter,
+            )
     except (RuntimeError, ValueError, OptimizeWarning, FloatingPointError) as exc:
         return None, f"{type(exc).__name__}: {exc}"
     popt = np.asarray(popt, dtype=np.float64)
     if not np.all(np.isfinite(popt)) or popt[3] == 0.0:
         return None, f"non-finite or degenerate parameters {popt.tolist()}"
-    b1, b2, b3, b4 = (float(v) for v in popt)
-    fit = LogisticFit(params=(b1, b2, b3, abs(b4)), kind="logistic")
+    b1, b2, b3z, b4z = (float(v) for v in popt)
+    fit = LogisticFit(params=(b1, b2, mu + sd * b3z, sd * abs(b4z)), kind="logistic")
     mapped = fit(p)
     if not np.all(np.isfinite(mapped)):
         return None, "non-finite mapped predictions"
