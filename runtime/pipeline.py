@@ -31,16 +31,22 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from loda.errors import LodaError
 from loda.preprocess import DEFAULT_MAX_PIXELS, ImageDecodeError, PreprocessConfig
 
 from .scorer import ImageScore, PreparedImage, Scorer, prepare_image
 
-__all__ = ["PipelineOptions", "RunStats", "default_jobs", "score_items"]
+__all__ = ["PipelineError", "PipelineOptions", "RunStats", "default_jobs", "score_items"]
+
+
+class PipelineError(LodaError):
+    """The run itself cannot go on (a worker process died); one line."""
 
 
 def default_jobs() -> int:
@@ -126,6 +132,13 @@ class _Done:
 _END = object()
 
 
+def _worker_died(source: str) -> PipelineError:
+    return PipelineError(
+        f"a decode worker died near {source} (killed, or out of memory); the rows so far are "
+        "written: rerun with --resume (and a smaller --queue or -j)"
+    )
+
+
 def _put(q: queue.Queue, item: Any, stop: threading.Event) -> bool:
     while not stop.is_set():
         try:
@@ -149,7 +162,10 @@ def _feeder(
             if item.error is not None:
                 entry = (item.source, _Done((None, None, None, item.error)))
             else:
-                entry = (item.source, submit(item.source, item.path, item.data))
+                try:
+                    entry = (item.source, submit(item.source, item.path, item.data))
+                except BrokenProcessPool:
+                    raise _worker_died(item.source) from None
             if not _put(q, entry, stop):
                 return
         _put(q, _END, stop)
@@ -205,7 +221,10 @@ def score_items(
             if isinstance(entry, BaseException):
                 raise entry
             source, future = entry
-            crops, width, height, error = future.result()
+            try:
+                crops, width, height, error = future.result()
+            except BrokenProcessPool:
+                raise _worker_died(source) from None
             if error is not None:
                 yield source, ImageDecodeError(error)
             else:

@@ -336,3 +336,41 @@ def test_stdout_output_and_score_progress_summary(micro, images):
     (line,) = r.stdout.splitlines()
     assert json.loads(line)["source"] == str(images[0])
     assert "scored 1 of 1 image(s), 0 failed" in r.stderr  # the summary goes to stderr
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc (Linux)")
+def test_a_dead_worker_is_one_line_and_resume_finishes(micro, images, tmp_path):
+    out = tmp_path / "w.csv"
+    proc = _start(micro, images, out)
+    _wait_rows(out, 2, proc)
+    for pid in _descendants(proc.pid):  # the forkserver and its workers, not the tracker
+        if b"resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+            os.kill(pid, signal.SIGKILL)
+    _, err = proc.communicate(timeout=60)
+    if proc.returncode == 0:
+        pytest.skip("the run finished before its workers could be killed")
+    assert proc.returncode == 1, err
+    (line,) = [x for x in err.splitlines() if "error:" in x]
+    assert "decode worker died" in line and "--resume" in line
+    r = loda_score(
+        *images, "-m", micro.onnx_path, "-o", out, "-j", "1", "--batch-size", "15", "--resume"
+    )
+    assert r.returncode == 0, r.stderr
+    assert [row["source"] for row in read_csv(out)] == [str(p) for p in images]
