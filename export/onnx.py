@@ -57,6 +57,12 @@ import torch.nn as nn
 
 from loda.errors import LodaError
 from loda.preprocess import PreprocessConfig
+from loda.runtime.inputs import (  # one list of suffixes for every image reader
+    ARCHIVE_SUFFIXES,
+    IMAGE_SUFFIXES,
+    is_archive_name,
+    is_image_name,
+)
 
 if TYPE_CHECKING:  # onnx and onnxruntime are imported where they are used
     import onnx
@@ -104,10 +110,6 @@ DEFAULT_VERIFY_IMAGES = 16
 EXTRA_BATCH_SIZES = (1, 7)  # run in ONNX Runtime besides the per-image batch of crops
 MAX_ONNX_BYTES = 2**31  # protobuf's hard limit for one serialised message
 DEMO_REFERENCES = 8
-IMAGE_SUFFIXES = frozenset(
-    {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm"}
-)
-ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
 _ORT_HINT = "pip install 'loda[cpu]' (onnxruntime) or 'loda[gpu]' (onnxruntime-gpu)"
 _TOOLS = ("torch", "onnx", "onnxscript", "onnxruntime", "onnxruntime-gpu", "timm", "loda")
 
@@ -348,12 +350,12 @@ def _spread(n_total: int, n: int) -> list[int]:
 
 
 def _is_archive(path: Path) -> bool:
-    return path.is_file() and path.name.lower().endswith(ARCHIVE_SUFFIXES)
+    return path.is_file() and is_archive_name(path.name)
 
 
 def _is_image_name(name: str) -> bool:
     base = name.rsplit("/", 1)[-1]
-    return not base.startswith(".") and Path(base).suffix.lower() in IMAGE_SUFFIXES
+    return not base.startswith(".") and is_image_name(base)
 
 
 def _read_archive(path: Path, n_images: int) -> list[tuple[str, bytes]]:

@@ -8,6 +8,7 @@ __all__ = [
     "LodaError",
     "StateDictMismatch",
     "first_line",
+    "one_line",
 ]
 
 
@@ -25,6 +26,15 @@ class CheckpointError(LodaError):
 
 class StateDictMismatch(LodaError):
     """Tensors missing, unexpected or mis-shaped when loading weights into a module."""
+
+
+def one_line(exc: BaseException, *, with_type: bool = False) -> str:
+    """The whole message with its whitespace collapsed onto one line (the type name when empty);
+    ``with_type`` prefixes ``TypeName: ``."""
+    text = " ".join(str(exc).split())
+    if not text:
+        return type(exc).__name__
+    return f"{type(exc).__name__}: {text}" if with_type else text
 
 
 def first_line(exc: BaseException) -> str:

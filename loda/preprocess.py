@@ -78,6 +78,8 @@ from typing import Any, BinaryIO
 import numpy as np
 from PIL import Image, ImageOps
 
+from .errors import one_line
+
 __all__ = [
     "DEFAULT_CONFIG",
     "DEFAULT_MAX_PIXELS",
@@ -267,11 +269,6 @@ def _describe_source(source: Any) -> str:
     return f"<{type(source).__name__} object>"
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
 def _composite(rgba: np.ndarray, background: tuple[int, int, int]) -> np.ndarray:
     """Exact alpha blend of an RGBA uint8 array onto an opaque colour, rounded to nearest."""
     a = rgba[..., 3:4].astype(np.uint32)
@@ -358,11 +355,11 @@ def decode_image(
         raise
     except Image.DecompressionBombError as e:
         raise ImageDecodeError(
-            f"cannot decode {name}: {_one_line(e)} (Pillow's process-wide limit "
+            f"cannot decode {name}: {one_line(e, with_type=True)} (Pillow's process-wide limit "
             "PIL.Image.MAX_IMAGE_PIXELS applies on top of max_pixels)"
         ) from e
     except Exception as e:  # Pillow plugins raise many types (OSError, SyntaxError, ...)
-        raise ImageDecodeError(f"cannot decode {name}: {_one_line(e)}") from e
+        raise ImageDecodeError(f"cannot decode {name}: {one_line(e, with_type=True)}") from e
 
 
 # --------------------------------------------------------------------------------------------

@@ -149,7 +149,7 @@ def score_command(
     """Score images with a LoDa model; one row per input."""
     from tqdm import tqdm
 
-    from .inputs import InputError, check_specs, iter_inputs, shard_of
+    from .inputs import InputError, check_specs, iter_inputs
     from .output import ResultRow, ResultWriter, format_for, read_done
     from .pipeline import PipelineOptions, default_jobs, score_items
     from .scorer import Scorer
@@ -207,13 +207,11 @@ def score_command(
 
     def selected():
         for item in iter_inputs(list(inputs), skipped=lambda s, r: skipped.append((s, r))):
-            if shard is not None and shard_of(item.source, shard[1]) != shard[0]:
-                counts["other_shards"] += 1
-                continue
-            if item.source in done:
-                counts["resumed"] += 1
-                continue
-            yield item
+            left_out = _left_out(item.source, shard, done)
+            if left_out is None:
+                yield item
+            else:
+                counts[left_out] += 1
 
     writer = ResultWriter(None if to_stdout else output, fmt, append=resume)
     bar = tqdm(
@@ -287,16 +285,25 @@ def score_command(
     return EXIT_FAILED if stats.failed else EXIT_OK
 
 
+def _left_out(source: str, shard: tuple[int, int] | None, done: set[str]) -> str | None:
+    """Why ``source`` is not scored in this run ("other_shards", "resumed"), or None."""
+    from .inputs import shard_of
+
+    if shard is not None and shard_of(source, shard[1]) != shard[0]:
+        return "other_shards"
+    if source in done:
+        return "resumed"
+    return None
+
+
 def _count(inputs: tuple[str, ...], shard: Any, done: set[str], bar: Any) -> None:
     """Count the inputs in the background (names only) so the progress bar can show an ETA."""
-    from .inputs import iter_inputs, shard_of
+    from .inputs import iter_inputs
 
     n = 0
     try:
         for item in iter_inputs(list(inputs), read_data=False):
-            if shard is not None and shard_of(item.source, shard[1]) != shard[0]:
-                continue
-            if item.source not in done:
+            if _left_out(item.source, shard, done) is None:
                 n += 1
     except Exception:  # the scoring run reports input problems itself
         return

@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from loda.errors import one_line
+
 from .backend import (
     ArtifactInfo,
     Backend,
@@ -89,8 +91,7 @@ class OnnxRuntimeBackend(Backend):
         try:
             session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
-            text = " ".join(str(exc).split())
-            raise BackendError(f"ONNX Runtime cannot load {path}: {text}") from None
+            raise BackendError(f"ONNX Runtime cannot load {path}: {one_line(exc)}") from None
         custom = session.get_modelmeta().custom_metadata_map
         meta = meta_from_json(custom.get("loda"), path, "ONNX metadata_props 'loda'")
         cls._check_io(session, path, meta.preprocess.crop_size)

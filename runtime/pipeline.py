@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from loda.errors import LodaError
+from loda.errors import LodaError, one_line
 from loda.preprocess import DEFAULT_MAX_PIXELS, ImageDecodeError, PreprocessConfig
 
 from .scorer import ImageScore, PreparedImage, Scorer, prepare_image
@@ -95,7 +95,11 @@ def _worker_init(cfg: dict[str, Any], seed: int | None, max_pixels: int | None) 
     # The main process owns Ctrl-C / SIGTERM: it flushes the output, then stops the workers.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    _W.update(cfg=PreprocessConfig.from_dict(cfg), seed=seed, max_pixels=max_pixels)
+    _set_worker_state(PreprocessConfig.from_dict(cfg), seed, max_pixels)
+
+
+def _set_worker_state(cfg: PreprocessConfig, seed: int | None, max_pixels: int | None) -> None:
+    _W.update(cfg=cfg, seed=seed, max_pixels=max_pixels)
 
 
 def _prepare(source: str, path: str | None, data: bytes | None) -> tuple:
@@ -110,8 +114,7 @@ def _prepare(source: str, path: str | None, data: bytes | None) -> tuple:
         )
         return image.crops, image.width, image.height, None
     except Exception as exc:  # one bad input never stops a run: it becomes an error row
-        text = " ".join(str(exc).split()) or type(exc).__name__
-        return None, None, None, text
+        return None, None, None, one_line(exc)
 
 
 # --------------------------------------------------------------------------------------------
@@ -203,7 +206,7 @@ def score_items(
             return executor.submit(_prepare, source, path, data)
 
     else:
-        _worker_init_inline(cfg, options)
+        _set_worker_state(cfg, options.seed, options.max_pixels)
 
         def submit(source: str, path: str | None, data: bytes | None) -> _Done:
             return _Done(_prepare(source, path, data))
@@ -254,7 +257,3 @@ def score_items(
         feeder.join(timeout=5)
         stats.seconds = time.perf_counter() - start
     return stats
-
-
-def _worker_init_inline(cfg: PreprocessConfig, options: PipelineOptions) -> None:
-    _W.update(cfg=cfg, seed=options.seed, max_pixels=options.max_pixels)

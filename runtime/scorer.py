@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from loda.errors import one_line
 from loda.metadata import Calibration, CheckpointMeta
 from loda.preprocess import (
     DEFAULT_MAX_PIXELS,
@@ -276,7 +277,7 @@ class Scorer:
     def _results(self, done: list[tuple[Any, np.ndarray]]) -> Iterator[ImageScore]:
         for (name, item), scores in done:
             if isinstance(item, BaseException):
-                yield ImageScore(name, error=_one_line(item))
+                yield ImageScore(name, error=one_line(item))
             else:
                 yield summarize(name, scores, item.width, item.height, self.calibration)
 
@@ -330,8 +331,3 @@ class Scorer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__
