@@ -91,7 +91,17 @@ def train_options(f):
         click.option("--workers", type=int, default=0, show_default=True),
         click.option("--device", default="auto", show_default=True),
         click.option("--seed", type=int, default=0, show_default=True),
-        click.option("--amp/--no-amp", default=None, help="Mixed precision (default: on CUDA)."),
+        click.option(
+            "--amp/--no-amp",
+            default=None,
+            help="Mixed precision: fp16/bf16 on CUDA, bf16 on CPU (default: on CUDA).",
+        ),
+        click.option(
+            "--channels-last/--no-channels-last",
+            default=True,
+            show_default=True,
+            help="NHWC layout for the convolutions.",
+        ),
     ]
     for option in reversed(options):
         f = option(f)
@@ -125,6 +135,7 @@ def _train_config(opts: dict[str, Any], kind: str):
         workers=opts["workers"],
         device=opts["device"],
         amp=opts["amp"],
+        channels_last=opts["channels_last"],
     )
 
 

@@ -75,8 +75,13 @@ class _Crash(Exception):
     pass
 
 
-def test_resume_gives_the_same_weights_as_an_uninterrupted_run(small_set, tmp_path):
-    cfg = TrainConfig(epochs=2, batch_size=16, lr=1e-3, crops_per_image=1, seed=3)
+@pytest.mark.parametrize(
+    "extra",
+    [{}, {"amp": True, "channels_last": False}],
+    ids=["fp32-nhwc", "bf16-nchw"],
+)
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(small_set, tmp_path, extra):
+    cfg = TrainConfig(epochs=2, batch_size=16, lr=1e-3, crops_per_image=1, seed=3, **extra)
     samples = small_set.samples[:40]
     straight = train(_micro(), samples, tmp_path / "a", cfg, progress=False).model
 
