@@ -28,10 +28,11 @@ class StateDictMismatch(LodaError):
     """Tensors missing, unexpected or mis-shaped when loading weights into a module."""
 
 
-def one_line(exc: BaseException, *, with_type: bool = False) -> str:
+def one_line(exc: BaseException, *, with_type: bool = False, limit: int | None = None) -> str:
     """The whole message with its whitespace collapsed onto one line (the type name when empty);
-    ``with_type`` prefixes ``TypeName: ``."""
-    text = " ".join(str(exc).split())
+    ``with_type`` prefixes ``TypeName: ``; ``limit`` keeps the first ``limit`` characters of the
+    message."""
+    text = " ".join(str(exc).split())[:limit]
     if not text:
         return type(exc).__name__
     return f"{type(exc).__name__}: {text}" if with_type else text

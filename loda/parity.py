@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 
 from .datasets import DatasetError, Sample
-from .errors import LodaError, first_line
+from .errors import LodaError, first_line, one_line
 from .metadata import CheckpointMeta
 from .metrics import MetricError
 from .metrics import evaluate as compute_metrics
@@ -232,11 +232,6 @@ class BackendRun:
         return len(self.crop_scores) / self.seconds
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
-
-
 def _size_mb(path: Path) -> float | None:
     try:
         return path.stat().st_size / 1e6 if path.is_file() else None
@@ -410,7 +405,11 @@ def run_parity(
                 try:
                     timed(crops)
                 except Exception as exc:  # a corrupt artifact may fail in its runtime's code
-                    what = first_line(exc) if isinstance(exc, LodaError) else _one_line(exc)
+                    what = (
+                        first_line(exc)
+                        if isinstance(exc, LodaError)
+                        else one_line(exc, with_type=True, limit=300)
+                    )
                     timed.run.status, timed.run.reason = "FAIL", f"inference failed: {what}"
                     backend.close()
         ref.finish(n)
