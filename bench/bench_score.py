@@ -22,8 +22,8 @@ Measures, in ONE run, on the same images, with the same inference thread count f
    but wrong way shows.
 2. Decode: images/s of :func:`loda.runtime.scorer.prepare_image` (decode + resize + 15 crops)
    for a 1024x768 JPEG and a 512x384 PNG, per worker (in this process) and with ``-j`` worker
-   processes (a ``ProcessPoolExecutor`` over ``prepare_image``, the crops returned to the parent
-   as in ``loda-score``).
+   processes (``loda-score``'s own ``DecodePool`` running ``prepare_image``, the crops returned to
+   the parent).
 3. Memory: peak resident memory of ``loda-score`` and all its processes (the worker pool and
    the fork server; polled from ``/proc``) for a tar of M and of 4M images, with ``loda_micro``
    so this part is quick; the pipeline's queue bounds what is in flight, so both should match.
@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import csv
 import functools
-import multiprocessing
 import os
 import re
 import shutil
@@ -574,14 +573,6 @@ def _goal(
 # --------------------------------------------------------------------------------------------
 
 
-def _pool(jobs: int) -> Any:
-    from concurrent.futures import ProcessPoolExecutor
-
-    # Same start method as loda-score's pipeline (loda.runtime.pipeline).
-    method = "forkserver" if sys.platform.startswith("linux") else "spawn"
-    return ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context(method))
-
-
 def _rounds(run: Callable[[], Any], repeats: int, settle: float) -> list[float]:
     seconds = []
     for _ in range(repeats):
@@ -593,6 +584,8 @@ def _rounds(run: Callable[[], Any], repeats: int, settle: float) -> list[float]:
 
 
 def run_decode(args: argparse.Namespace, model: Model, out: Path) -> dict[str, Any]:
+    from loda.preprocess import DEFAULT_MAX_PIXELS
+    from loda.runtime.pipeline import DecodePool
     from loda.runtime.scorer import prepare_image
 
     cfg = model.preprocess
@@ -608,14 +601,17 @@ def run_decode(args: argparse.Namespace, model: Model, out: Path) -> dict[str, A
         rate = len(files) / statistics.median(inline[fmt.name])
         log(f"decode {fmt.label}: {rate:.1f} images/s in one process")
 
-    def through(pool: Any, files: list[Path]) -> None:
-        for image in pool.map(prepare, files):
-            assert image.crops.shape[0] == cfg.num_crops
+    def through(pool: DecodePool, files: list[Path]) -> None:
+        futures = [pool.submit(str(f), str(f), None) for f in files]
+        for future in futures:
+            crops, _, _, error = future.result()
+            assert error is None and crops.shape[0] == cfg.num_crops, error
 
     pooled: dict[str, dict[int, list[float]]] = {f.name: {} for f in FORMATS}
     for jobs in args.jobs:
-        with _pool(jobs) as pool:
-            list(pool.map(prepare, sets[FORMATS[0].name][:1] * jobs))  # start and warm them
+        # loda-score's own decode workers (round-robin, one private pipe per process)
+        with DecodePool(jobs, (cfg.to_dict(), None, DEFAULT_MAX_PIXELS)) as pool:
+            through(pool, sets[FORMATS[0].name][:1] * jobs)  # start and warm them
             for fmt in FORMATS:
                 files = sets[fmt.name]
                 runs = _rounds(lambda f=files: through(pool, f), args.repeats, args.settle)
@@ -648,8 +644,9 @@ def run_decode(args: argparse.Namespace, model: Model, out: Path) -> dict[str, A
         )
     return {
         "what": "loda.runtime.scorer.prepare_image: decode + resize (short side 384) + "
-        f"{cfg.num_crops} {cfg.layout} crops; per worker in this process, -j N through a "
-        "ProcessPoolExecutor (forkserver) reading files and returning the crops",
+        f"{cfg.num_crops} {cfg.layout} crops; per worker in this process, -j N through "
+        "loda-score's decode workers (loda.runtime.pipeline.DecodePool, forkserver) reading "
+        "files and returning the crops",
         "formats": rows,
     }
 

@@ -15,7 +15,10 @@
   the worker that made them (random layouts draw from a per-image seed), so ``-j 1`` and
   ``-j 8`` write identical files.
 - One bad input never stops a run: a decode failure (or an input the reader flagged) becomes an
-  error row; only a backend failure (the model itself) stops the run.
+  error row; only a backend failure (the model itself) or a killed worker stops the run.
+- A killed worker (kill -9, the out-of-memory killer) ends the run with one line, never a hang:
+  tasks go round-robin to workers over private pipes (see ``_Worker``), so a death is seen as
+  the end of that pipe.
 
 ``jobs=0`` decodes in the feeder thread (no processes; for debugging and tiny inputs).
 """
@@ -29,10 +32,11 @@ import signal
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import Future
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from typing import Any
 
 import numpy as np
@@ -42,7 +46,14 @@ from loda.preprocess import DEFAULT_MAX_PIXELS, ImageDecodeError, PreprocessConf
 
 from .scorer import ImageScore, PreparedImage, Scorer, prepare_image
 
-__all__ = ["PipelineError", "PipelineOptions", "RunStats", "default_jobs", "score_items"]
+__all__ = [
+    "DecodePool",
+    "PipelineError",
+    "PipelineOptions",
+    "RunStats",
+    "default_jobs",
+    "score_items",
+]
 
 
 class PipelineError(LodaError):
@@ -91,13 +102,6 @@ class RunStats:
 _W: dict[str, Any] = {}
 
 
-def _worker_init(cfg: dict[str, Any], seed: int | None, max_pixels: int | None) -> None:
-    # The main process owns Ctrl-C / SIGTERM: it flushes the output, then stops the workers.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    _set_worker_state(PreprocessConfig.from_dict(cfg), seed, max_pixels)
-
-
 def _set_worker_state(cfg: PreprocessConfig, seed: int | None, max_pixels: int | None) -> None:
     _W.update(cfg=cfg, seed=seed, max_pixels=max_pixels)
 
@@ -115,6 +119,20 @@ def _prepare(source: str, path: str | None, data: bytes | None) -> tuple:
         return image.crops, image.width, image.height, None
     except Exception as exc:  # one bad input never stops a run: it becomes an error row
         return None, None, None, one_line(exc)
+
+
+def _worker_main(conn: Connection, cfg: dict[str, Any], seed: int | None, max_pixels) -> None:
+    """A decode worker: answer each task on ``conn`` in the order it came, until EOF."""
+    # The main process owns Ctrl-C / SIGTERM: it flushes the output, then stops the workers.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _set_worker_state(PreprocessConfig.from_dict(cfg), seed, max_pixels)
+    while True:
+        try:
+            task = conn.recv()
+        except (EOFError, OSError):
+            return
+        conn.send(_prepare(*task))
 
 
 # --------------------------------------------------------------------------------------------
@@ -142,6 +160,106 @@ def _worker_died(source: str) -> PipelineError:
     )
 
 
+class _Worker:
+    """One decode process and the parent's end of its private pipe.
+
+    The pipe is private: once the process has started the parent closes the child's end, so
+    the process is the only writer, and its death (even half-way through sending a result) is
+    an end of file for the reader thread, never a wait that does not end. (A shared result
+    queue, as in ``concurrent.futures.ProcessPoolExecutor``, can block for ever when a worker
+    is killed in the middle of a large result.)
+    """
+
+    def __init__(self, ctx: Any, index: int, initargs: tuple) -> None:
+        self.conn, child = ctx.Pipe(duplex=True)
+        self.process = ctx.Process(
+            target=_worker_main, args=(child, *initargs), name=f"loda-decode-{index}", daemon=True
+        )
+        self.process.start()
+        child.close()
+        self.pending: deque[tuple[Future, str]] = deque()
+        self.lock = threading.Lock()
+        self.dead: str | None = None  # the source it died near
+        self.reader = threading.Thread(target=self._read, name=f"loda-reader-{index}", daemon=True)
+        self.reader.start()
+
+    def submit(self, source: str, path: str | None, data: bytes | None) -> Future:
+        future: Future = Future()
+        with self.lock:
+            if self.dead is not None:
+                raise _worker_died(source)
+            self.pending.append((future, source))
+        try:
+            self.conn.send((source, path, data))
+        except (OSError, ValueError):  # the process is gone; the reader fails the futures
+            raise _worker_died(source) from None
+        return future
+
+    def _read(self) -> None:
+        while True:
+            try:
+                result = self.conn.recv()
+            except (EOFError, OSError):
+                break
+            with self.lock:
+                future, _ = self.pending.popleft()
+            future.set_result(result)
+        with self.lock:
+            self.dead = self.pending[0][1] if self.pending else "the end"
+            failed, self.pending = list(self.pending), deque()
+        for future, source in failed:
+            future.set_exception(_worker_died(source))
+
+    def stop(self) -> None:
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join(timeout=10)
+
+    def close(self) -> None:
+        self.reader.join(timeout=5)
+        self.conn.close()
+
+
+class DecodePool:
+    """``jobs`` decode processes, tasks dealt round-robin; each worker answers in order.
+
+    ``submit(source, path, data)`` returns a ``Future`` of ``(crops, width, height, error)``;
+    ``initargs`` is ``(PreprocessConfig.to_dict(), seed, max_pixels)``. Processes start lazily
+    (three images start at most three). ``stop()`` kills them, ``close()`` releases the pipes.
+    """
+
+    def __init__(self, jobs: int, initargs: tuple) -> None:
+        method = "forkserver" if sys.platform.startswith("linux") else "spawn"
+        self._ctx = multiprocessing.get_context(method)
+        self._jobs = jobs
+        self._initargs = initargs
+        self._workers: list[_Worker] = []
+        self._count = 0
+
+    def submit(self, source: str, path: str | None, data: bytes | None) -> Future:
+        index = self._count % self._jobs
+        self._count += 1
+        if index == len(self._workers):
+            self._workers.append(_Worker(self._ctx, index, self._initargs))
+        return self._workers[index].submit(source, path, data)
+
+    def stop(self) -> None:
+        """Kill the processes (a sender blocked on a full pipe gets a broken pipe)."""
+        for worker in self._workers:
+            worker.stop()
+
+    def close(self) -> None:
+        for worker in self._workers:
+            worker.close()
+
+    def __enter__(self) -> DecodePool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+        self.close()
+
+
 def _put(q: queue.Queue, item: Any, stop: threading.Event) -> bool:
     while not stop.is_set():
         try:
@@ -165,14 +283,11 @@ def _feeder(
             if item.error is not None:
                 entry = (item.source, _Done((None, None, None, item.error)))
             else:
-                try:
-                    entry = (item.source, submit(item.source, item.path, item.data))
-                except BrokenProcessPool:
-                    raise _worker_died(item.source) from None
+                entry = (item.source, submit(item.source, item.path, item.data))
             if not _put(q, entry, stop):
                 return
         _put(q, _END, stop)
-    except BaseException as exc:  # an input error (e.g. unreadable list): stop the run
+    except BaseException as exc:  # an input error (e.g. unreadable list), a dead worker: stop
         _put(q, exc, stop)
 
 
@@ -192,19 +307,10 @@ def score_items(
     cfg = options.cfg
     stop = threading.Event()
     q: queue.Queue = queue.Queue(maxsize=options.queue_size(scorer.batch_size))
-    executor: ProcessPoolExecutor | None = None
+    pool: DecodePool | None = None
     if options.jobs > 0:
-        method = "forkserver" if sys.platform.startswith("linux") else "spawn"
-        executor = ProcessPoolExecutor(
-            max_workers=options.jobs,
-            mp_context=multiprocessing.get_context(method),
-            initializer=_worker_init,
-            initargs=(cfg.to_dict(), options.seed, options.max_pixels),
-        )
-
-        def submit(source: str, path: str | None, data: bytes | None) -> Future:
-            return executor.submit(_prepare, source, path, data)
-
+        pool = DecodePool(options.jobs, (cfg.to_dict(), options.seed, options.max_pixels))
+        submit = pool.submit
     else:
         _set_worker_state(cfg, options.seed, options.max_pixels)
 
@@ -224,10 +330,7 @@ def score_items(
             if isinstance(entry, BaseException):
                 raise entry
             source, future = entry
-            try:
-                crops, width, height, error = future.result()
-            except BrokenProcessPool:
-                raise _worker_died(source) from None
+            crops, width, height, error = future.result()
             if error is not None:
                 yield source, ImageDecodeError(error)
             else:
@@ -252,8 +355,10 @@ def score_items(
             on_result(result)
     finally:
         stop.set()
-        if executor is not None:
-            executor.shutdown(wait=True, cancel_futures=True)
+        if pool is not None:
+            pool.stop()
         feeder.join(timeout=5)
+        if pool is not None:
+            pool.close()
         stats.seconds = time.perf_counter() - start
     return stats
