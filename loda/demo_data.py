@@ -78,8 +78,10 @@ from scipy import ndimage
 from .errors import LodaError
 
 __all__ = [
+    "COLOR_ONLY",
     "DATASET_NAME",
     "DISTORTIONS",
+    "DISTORTIONS_BY_VALUE",
     "DISTORTION_LEVELS",
     "LEVELS",
     "DemoDataError",
@@ -204,7 +206,7 @@ DISTORTION_LEVELS: dict[str, tuple[str, tuple[float, ...]]] = {
     "motion": ("length_px", (3, 6, 10, 15, 22)),
     "quantize": ("levels_per_channel", (24, 12, 7, 4, 3)),
 }
-_COLOR_ONLY = frozenset({"saturation"})
+COLOR_ONLY = frozenset({"saturation"})
 _DESCRIPTIONS = {
     "blur": "Gaussian blur (scipy.ndimage.gaussian_filter, reflect borders)",
     "noise": "additive white Gaussian noise, independent per RGB channel",
@@ -227,26 +229,23 @@ def _to_uint8(x: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(x), 0, 255).astype(np.uint8)
 
 
-def _blur(img: np.ndarray, level: int, rng: np.random.Generator) -> np.ndarray:
-    s = _param("blur", level)
+def _blur(img: np.ndarray, s: float, rng: np.random.Generator) -> np.ndarray:
     return _to_uint8(ndimage.gaussian_filter(img.astype(np.float64), (s, s, 0), mode="reflect"))
 
 
-def _noise(img: np.ndarray, level: int, rng: np.random.Generator) -> np.ndarray:
-    std = _param("noise", level)
+def _noise(img: np.ndarray, std: float, rng: np.random.Generator) -> np.ndarray:
     return _to_uint8(img.astype(np.float64) + std * rng.standard_normal(img.shape))
 
 
-def _jpeg(img: np.ndarray, level: int, rng: np.random.Generator) -> np.ndarray:
+def _jpeg(img: np.ndarray, quality: float, rng: np.random.Generator) -> np.ndarray:
     buf = io.BytesIO()
-    Image.fromarray(img).save(buf, format="JPEG", quality=int(_param("jpeg", level)))
+    Image.fromarray(img).save(buf, format="JPEG", quality=round(quality))
     buf.seek(0)
     with Image.open(buf) as im:
         return np.asarray(im.convert("RGB"), dtype=np.uint8)
 
 
-def _contrast(img: np.ndarray, level: int, rng: np.random.Generator) -> np.ndarray:
-    alpha = _param("contrast", level)
+def _contrast(img: np.ndarray, alpha: float, rng: np.random.Generator) -> np.ndarray:
     x = img.astype(np.float64)
     mean = x.mean()
     return _to_uint8(mean + alpha * (x - mean))
@@ -271,14 +270,12 @@ def _ycbcr_to_rgb(y: np.ndarray, cb: np.ndarray, cr: np.ndarray) -> np.ndarray:
     return _to_uint8(np.stack([r, g, b], axis=-1))
 
 
-def _saturation(img: np.ndarray, level: int, rng: np.random.Generator) -> np.ndarray:
-    k = _param("saturation", level)
+def _saturation(img: np.ndarray, k: float, rng: np.random.Generator) -> np.ndarray:
     y, cb, cr = _rgb_to_ycbcr(img)
     return _ycbcr_to_rgb(y, 128.0 + k * (cb - 128.0), 128.0 + k * (cr - 128.0))
 
 
-def _pixelate(img: np.ndarray, level: int, rng: np.random.Generator) -> np.ndarray:
-    f = _param("pixelate", level)
+def _pixelate(img: np.ndarray, f: float, rng: np.random.Generator) -> np.ndarray:
     h, w = img.shape[:2]
     small = Image.fromarray(img).resize(
         (max(1, round(w / f)), max(1, round(h / f))), Image.Resampling.BOX
@@ -308,8 +305,8 @@ def _motion_kernel(length: int, angle: float) -> np.ndarray:
     return kernel / kernel.sum()
 
 
-def _motion(img: np.ndarray, level: int, rng: np.random.Generator) -> np.ndarray:
-    length = int(_param("motion", level))
+def _motion(img: np.ndarray, length: float, rng: np.random.Generator) -> np.ndarray:
+    length = round(length)
     angle = float(rng.uniform(0.0, np.pi))
     kernel = _motion_kernel(length, angle)
     x = img.astype(np.float64)
@@ -317,13 +314,15 @@ def _motion(img: np.ndarray, level: int, rng: np.random.Generator) -> np.ndarray
     return _to_uint8(out)
 
 
-def _quantize(img: np.ndarray, level: int, rng: np.random.Generator) -> np.ndarray:
-    n = int(_param("quantize", level))
+def _quantize(img: np.ndarray, n: float, rng: np.random.Generator) -> np.ndarray:
+    n = round(n)
     step = 255.0 / (n - 1)
     return _to_uint8(np.rint(img.astype(np.float64) / step) * step)
 
 
-DISTORTIONS: dict[str, Distortion] = {
+#: name -> distortion by its parameter value (``DISTORTION_LEVELS[name][0]``); integer
+#: parameters (JPEG quality, motion length, quantisation levels) are rounded.
+DISTORTIONS_BY_VALUE: dict[str, Callable[[np.ndarray, float, np.random.Generator], np.ndarray]] = {
     "blur": _blur,
     "noise": _noise,
     "jpeg": _jpeg,
@@ -333,6 +332,18 @@ DISTORTIONS: dict[str, Distortion] = {
     "motion": _motion,
     "quantize": _quantize,
 }
+
+
+def _at_level(name: str) -> Distortion:
+    def distort(img: np.ndarray, level: int, rng: np.random.Generator) -> np.ndarray:
+        return DISTORTIONS_BY_VALUE[name](img, _param(name, level), rng)
+
+    distort.__name__ = f"{name}_at_level"
+    return distort
+
+
+#: name -> distortion at an integer level 1..5 (the demo set's images).
+DISTORTIONS: dict[str, Distortion] = {name: _at_level(name) for name in DISTORTIONS_BY_VALUE}
 
 
 def _rng(seed: int, ref_id: str, distortion: str) -> np.random.Generator:
@@ -544,7 +555,7 @@ def make_demo_set(
         (r, name)
         for r in refs
         for name in DISTORTIONS
-        if not (name in _COLOR_ONLY and _is_gray(prepared[r]))
+        if not (name in COLOR_ONLY and _is_gray(prepared[r]))
     ]
     meta = {
         "name": DATASET_NAME,
@@ -562,7 +573,7 @@ def make_demo_set(
                 "description": _DESCRIPTIONS[name],
                 "parameter": DISTORTION_LEVELS[name][0],
                 "values": list(DISTORTION_LEVELS[name][1]),
-                "color_only": name in _COLOR_ONLY,
+                "color_only": name in COLOR_ONLY,
             }
             for name in DISTORTIONS
         ],

@@ -102,6 +102,14 @@ def train_options(f):
             show_default=True,
             help="NHWC layout for the convolutions.",
         ),
+        click.option(
+            "--synthetic-per-ref",
+            type=click.IntRange(min=0),
+            default=0,
+            show_default=True,
+            help="Demo set only: add this many new distortions of each TRAINING reference, "
+            "labelled by the demo's pseudo-MOS rule (made in OUT/synthetic; see loda.synthetic).",
+        ),
     ]
     for option in reversed(options):
         f = option(f)
@@ -175,7 +183,7 @@ def _train_and_eval(
     cfg = _train_config(opts, kind)
     model = _build_model(opts)
     preprocess = PreprocessConfig()
-    provenance = {
+    provenance: dict[str, Any] = {
         "data": f"{dataset.name} ({dataset.root})",
         "split": {"file": str(split_path), "index": index, "seed": splits.seed},
     }
@@ -184,6 +192,18 @@ def _train_and_eval(
         "train_images": len(train_samples),
         "test_images": len(test_samples),
     }
+    if opts["synthetic_per_ref"]:
+        synthetic = _synthetic_samples(
+            dataset, train_samples, test_samples, out_dir, opts["synthetic_per_ref"], cfg.seed
+        )
+        provenance["synthetic"] = {
+            "per_ref": opts["synthetic_per_ref"],
+            "seed": cfg.seed,
+            "images": len(synthetic),
+            "dir": str(out_dir / "synthetic"),
+        }
+        report["synthetic_train_images"] = len(synthetic)
+        train_samples = [*train_samples, *synthetic]
     if baseline:
         base = evaluate_samples(
             model, test_samples, preprocess, dataset_name=dataset.name, mos_range=dataset.mos_range
@@ -239,6 +259,38 @@ def _train_and_eval(
         err=True,
     )
     return report
+
+
+def _synthetic_samples(dataset, train_samples, test_samples, out_dir: Path, per_ref: int, seed):
+    """The synthetic images of the training references (rank 0 makes them, the rest wait)."""
+    import torch.distributed as dist
+
+    from .synthetic import synthesize_training_set
+
+    refs = {s.ref for s in train_samples}
+    if None in refs:
+        raise click.UsageError("--synthetic-per-ref needs the demo set (images with references)")
+    leaked = refs & {s.ref for s in test_samples}
+    if leaked:
+        raise click.UsageError(f"the split puts references in train and test: {sorted(leaked)}")
+
+    def make():
+        return synthesize_training_set(
+            dataset.root, refs, out_dir / "synthetic", per_ref, seed, log=_echo_err
+        )
+
+    if not dist.is_initialized():
+        return make()
+    if dist.get_rank() == 0:
+        samples = make()
+        dist.barrier()
+        return samples
+    dist.barrier()
+    return make()  # reuses rank 0's files
+
+
+def _echo_err(message: str) -> None:
+    click.echo(message, err=True)
 
 
 def _fmt(m: dict[str, float]) -> str:

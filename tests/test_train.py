@@ -178,12 +178,22 @@ def test_train_and_eval_commands(small_set, tmp_path):
         "--num-splits",
         "3",
         "--baseline",
+        "--synthetic-per-ref",
+        "2",
     )
     assert res.returncode == 0, res.stderr
     report = json.loads((out / "results.json").read_text())
     assert {"untrained", "trained", "checkpoint"} <= set(report)
     splits = json.loads((out / "splits.json").read_text())
     assert len(splits["splits"]) == 3
+    # synthetic images: 2 per TRAINING reference of split 0, none of a test reference
+    ref_of = {r.name: r.ref for r in small_set.samples}
+    train_refs = {ref_of[n] for n in splits["splits"][0]["train"]}
+    test_refs = {ref_of[n] for n in splits["splits"][0]["test"]}
+    synthetic = sorted((out / "synthetic" / "images").glob("*.png"))
+    assert {p.name.split("_")[0] for p in synthetic} == train_refs
+    assert not train_refs & test_refs
+    assert report["synthetic_train_images"] == len(synthetic) == 2 * len(train_refs)
     model_meta = load_checkpoint(out / "model.safetensors")[1]
     assert (
         model_meta.calibration is not None
@@ -224,6 +234,21 @@ def test_train_command_errors(tmp_path, small_set, monkeypatch):
     assert res.returncode == 2 and "KIND:ROOT" in res.stderr
     res = _cli("eval_main", tmp_path / "missing.safetensors", "--data", csv)
     assert res.returncode == 1 and "no checkpoint at" in res.stderr
+    # synthetic images need the demo set itself (its references and rule), not any CSV
+    other = tmp_path / "other"
+    other.mkdir()
+    rows = ["path,mos,ref"]
+    for s in small_set.samples:
+        (other / s.path.name).write_bytes(s.path.read_bytes())
+        rows.append(f"{s.path.name},{s.mos},{s.ref}")
+    (other / "labels.csv").write_text("\n".join(rows) + "\n")
+    res = _cli(
+        "train_main", "--data", other / "labels.csv", "--config", "loda_micro", "--random-init",
+        "--out", tmp_path / "o2", "--synthetic-per-ref", "2", "--epochs", "1",
+    )  # fmt: skip
+    assert res.returncode == 1, res.stderr
+    (line,) = res.stderr.strip().splitlines()
+    assert "need the demo set" in line
 
 
 @pytest.mark.slow
