@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .datasets import Sample
+from .datasets import DatasetError, Sample, read_csv_dataset
 from .demo_data import (
     COLOR_ONLY,
     DATASET_NAME,
@@ -55,6 +55,7 @@ from .demo_data import (
     _write_png,
     pseudo_mos,
 )
+from .preprocess import decode_image
 
 __all__ = [
     "LEVEL_RANGE",
@@ -141,8 +142,7 @@ def _read_reference(demo_root: Path, ref: str) -> np.ndarray:
     path = demo_root / "references" / f"{ref}.png"
     if not path.is_file():
         raise DemoDataError(f"{path}: reference {ref!r} is missing from the demo set")
-    with Image.open(path) as im:
-        return np.ascontiguousarray(np.asarray(im.convert("RGB"), dtype=np.uint8))
+    return decode_image(path)
 
 
 def _manifest(refs: Sequence[str], per_ref: int, seed: int) -> dict:
@@ -159,26 +159,20 @@ def _manifest(refs: Sequence[str], per_ref: int, seed: int) -> dict:
     }
 
 
-def _samples(out: Path, rows: Iterable[dict[str, str]]) -> list[Sample]:
-    return [
-        Sample(path=out / r["path"], mos=float(r["mos"]), ref=r["ref"], name=r["path"])
-        for r in rows
-    ]
+def _samples(out: Path) -> list[Sample]:
+    """The samples of ``out``'s CSV, read by the generic CSV reader (which checks the files)."""
+    return list(read_csv_dataset(out / CSV_FILE).samples)
 
 
 def _reuse(out: Path, manifest: dict) -> list[Sample] | None:
     try:
         old = json.loads((out / MANIFEST).read_text())
-        with open(out / CSV_FILE, newline="") as f:
-            rows = list(csv.DictReader(f))
-    except (OSError, ValueError):
+        if {k: old.get(k) for k in manifest} != manifest:
+            return None
+        samples = _samples(out)
+    except (OSError, ValueError, DatasetError):
         return None
-    if {k: old.get(k) for k in manifest} != manifest:
-        return None
-    samples = _samples(out, rows)
     if len(samples) != len(manifest["refs"]) * manifest["per_ref"]:
-        return None
-    if not all(s.path.is_file() for s in samples):
         return None
     return samples
 
@@ -239,4 +233,4 @@ def synthesize_training_set(
             f"made {len(rows)} synthetic training images ({per_ref} per training reference x "
             f"{len(refs)}) in {out} in {time.perf_counter() - start:.0f} s"
         )
-    return _samples(out, rows)
+    return _samples(out)

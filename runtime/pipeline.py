@@ -179,14 +179,14 @@ class _Worker:
         child.close()
         self.pending: deque[tuple[Future, str]] = deque()
         self.lock = threading.Lock()
-        self.dead: str | None = None  # the source it died near
+        self.dead = False
         self.reader = threading.Thread(target=self._read, name=f"loda-reader-{index}", daemon=True)
         self.reader.start()
 
     def submit(self, source: str, path: str | None, data: bytes | None) -> Future:
         future: Future = Future()
         with self.lock:
-            if self.dead is not None:
+            if self.dead:
                 raise _worker_died(source)
             self.pending.append((future, source))
         try:
@@ -205,7 +205,7 @@ class _Worker:
                 future, _ = self.pending.popleft()
             future.set_result(result)
         with self.lock:
-            self.dead = self.pending[0][1] if self.pending else "the end"
+            self.dead = True
             failed, self.pending = list(self.pending), deque()
         for future, source in failed:
             future.set_exception(_worker_died(source))
