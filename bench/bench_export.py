@@ -29,6 +29,8 @@ inputs), so a rerun only measures. See ``bench/README.md``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import math
 import shutil
 import statistics
@@ -609,6 +611,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 {
                     "fp32_sha256": fp32_sha,
                     "target": v.int8_target,
+                    # the target's quantization settings: a changed recipe means a new graph
+                    "target_settings": json.loads(
+                        json.dumps(dataclasses.asdict(TARGETS[v.int8_target]), default=dict)
+                    ),
                     "method": args.method,
                     "calibration_source": source,
                     "calibration_images": [c.name for c in calib],

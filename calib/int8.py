@@ -36,14 +36,21 @@ Targets (:data:`TARGETS`):
   no Q/DQ on the outputs of quantized ops (``OpTypesToExcludeOutputQuantization``: TensorRT fuses
   the next op's input quantization instead), ``QDQDisableWeightAdjustForInt32Bias``.
 - ``cpu``: what ONNX Runtime's x86 CPU kernels are made for: ``QUInt8`` (asymmetric)
-  activations with ``QInt8`` weights (u8s8), per channel, and output Q/DQ so ORT can fuse
-  ``DQ -> Conv -> Q`` into ``QLinearConv``.
+  activations with ``QInt8`` weights (u8s8), per channel; output Q/DQ on Conv only (ORT fuses
+  ``DQ -> Conv -> Q`` into ``QLinearConv``) while MatMul/Gemm outputs stay float (ORT runs
+  ``DQ -> MatMul`` as ``MatMulIntegerToFloat``, with no quantize/dequantize round trip before the
+  bias, GELU and residual adds); and, before quantizing, the GELUs fused into ONNX Runtime's
+  ``Gelu``/``BiasGelu`` (:func:`fuse_gelu_for_onnxruntime`; the exporter's GELU form is one that
+  ORT's own session-time fusion misses). The result runs on ONNX Runtime only (``loda-trt``
+  refuses it with one line).
 
 Measured with ONNX Runtime 1.32 (CPU provider) on a 2-core AVX-512 VNNI x86 machine, batch 15,
-median of 9 runs: ``loda_tiny`` FP32 14.5 crops/s, ``tensorrt`` target 12.2, ``cpu`` target 18.5
-(1 thread; 23.2 / 19.3 / 26.9 with 2 threads). The ``cpu`` target is 1.4-1.5x faster than the
-``tensorrt`` one on this provider, hence two targets; ``loda_micro`` is too small to gain from
-INT8 on a CPU at all (102 / 61 / 77 crops/s). ``quant_pre_process`` is not used: its symbolic
+median of 9 runs, with the first ``cpu`` recipe (u8s8 and output Q/DQ everywhere, no fusion):
+``loda_tiny`` FP32 14.5 crops/s, ``tensorrt`` target 12.2, ``cpu`` target 18.5 (1 thread; 23.2 /
+19.3 / 26.9 with 2 threads), hence two targets; ``loda_micro`` is too small to gain from INT8 on
+a CPU at all (102 / 61 / 77 crops/s). On ``loda_b16`` (2 threads, 30 crops, interleaved rounds)
+float MatMul outputs took the ``cpu`` target from 7.5 to 8.5 crops/s and the GELU fusion on top
+to 10.7 (per-crop max |d score| vs FP32 3.6e-3 -> 2.3e-3); see ``bench/bench_export.py``. ``quant_pre_process`` is not used: its symbolic
 shape inference fails on the graph's ``Expand`` and its optimiser path adds Transposes and drops
 the exporter's ``namespace`` node metadata, without a speed or accuracy gain.
 
@@ -83,6 +90,8 @@ if TYPE_CHECKING:
 
     from loda.export.onnx import VerificationImages
     from loda.preprocess import PreprocessConfig
+
+    from .graph_stats import GemmStats
 
 __all__ = [
     "DEFAULT_CALIB_IMAGES",
@@ -142,6 +151,9 @@ class Int8Target:
     extra_options: Mapping[str, Any]
     suffix: str  # default output name: <fp32 stem><suffix>
     next_command: str  # formatted with {onnx} and {stem}
+    # Fuse GELU (and its bias Add) into ONNX Runtime's com.microsoft Gelu/BiasGelu before
+    # quantizing (:func:`fuse_gelu_for_onnxruntime`): the graph then runs on ONNX Runtime only.
+    ort_gelu_fusion: bool = False
 
 
 #: The INT8 targets: drive --target, the quantization settings and the "next:" hint.
@@ -173,9 +185,16 @@ TARGETS: dict[str, Int8Target] = {
         activation_type="QUInt8",
         weight_type="QInt8",
         reduce_range=False,
-        extra_options={"WeightSymmetric": True},
+        extra_options={
+            "WeightSymmetric": True,
+            # Float MatMul/Gemm outputs: ORT runs DQ -> MatMul as MatMulIntegerToFloat (no Q/DQ
+            # round trip before the bias Add / GELU / residual Add); Conv keeps its output Q so
+            # that ORT fuses DQ -> Conv -> Q into QLinearConv.
+            "OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm"],
+        },
         suffix=".int8-cpu.onnx",
         next_command="score {onnx} with ONNX Runtime's CPU provider (loda.export.onnx.ort_session)",
+        ort_gelu_fusion=True,
     ),
 }
 
@@ -428,14 +447,25 @@ def float_kept_nodes(model: onnx.ModelProto) -> dict[str, list[str]]:
     return {ATTENTION_PROBS: attention, RESIDUAL_INPUTS: residual}
 
 
-def int8_gemm_share(model: onnx.ModelProto) -> tuple[float, int]:
+def int8_gemm_share(model: onnx.ModelProto, stats: GemmStats | None = None) -> tuple[float, int]:
     """Share of GEMM FLOPs (batch 1) whose two operands come from DequantizeLinear, and the
-    number of such GEMM nodes."""
+    number of such GEMM nodes.
+
+    FLOPs come from ``stats`` when given (the GEMMs of the graph before quantization, matched by
+    node name): ONNX shape inference stops at ONNX Runtime's com.microsoft ops, so the GEMMs
+    after a fused GELU have no shapes in the quantized graph itself. Raises :class:`Int8Error`
+    when some GEMM's FLOPs are unknown, rather than report a share of the known ones.
+    """
     from .graph_stats import gemm_stats
 
     producers = {o: n.op_type for n in model.graph.node for o in n.output}
     by_name = {n.name: n for n in model.graph.node}
-    stats = gemm_stats(model)
+    stats = stats if stats is not None else gemm_stats(model)
+    if stats.unknown:
+        raise Int8Error(
+            f"cannot count the FLOPs of {len(stats.unknown)} GEMM node(s) (no inferred shapes), "
+            f"e.g. {stats.unknown[0]}"
+        )
     int8_flops, n_int8 = 0, 0
     for g in stats.nodes:
         node = by_name.get(g.name)
@@ -444,6 +474,39 @@ def int8_gemm_share(model: onnx.ModelProto) -> tuple[float, int]:
             n_int8 += 1
     total = stats.total_flops
     return (int8_flops / total if total else 0.0), n_int8
+
+
+GELU_FUSIONS = ("Gelu", "BiasGelu")  # com.microsoft ops made by fuse_gelu_for_onnxruntime
+
+
+def fuse_gelu_for_onnxruntime(model: onnx.ModelProto) -> dict[str, int]:
+    """Fuse the exported GELUs into ONNX Runtime's ``Gelu`` and ``BiasGelu`` (com.microsoft), in
+    place; returns the number of fused nodes per op type.
+
+    torch's exporter writes ``gelu(x)`` as ``x * (0.5 * (1 + erf(x / sqrt 2)))``, a form ONNX
+    Runtime's own session-time GeluFusion does not match, so each GELU ran as five element-wise
+    ops (plus the Linear's bias ``Add``). ONNX Runtime's transformer fusion classes
+    (``onnxruntime.transformers``: ``FusionGelu``, then ``FusionBiasGelu`` for a GELU fed by
+    ``MatMul -> Add(bias)``) match it. Only the ``cpu`` INT8 target uses this: the result is
+    ONNX Runtime-only (TensorRT's parser does not know these ops).
+    """
+    import onnx
+    import onnxruntime.transformers  # noqa: F401  (puts its sibling modules on sys.path)
+    from onnxruntime.transformers.fusion_biasgelu import FusionBiasGelu
+    from onnxruntime.transformers.fusion_gelu import FusionGelu
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    wrapped = OnnxModel(model)
+    FusionGelu(wrapped).apply()
+    FusionBiasGelu(wrapped, is_fastgelu=False).apply()
+    wrapped.topological_sort()
+    counts = {op: 0 for op in GELU_FUSIONS}
+    for node in model.graph.node:
+        if node.domain == "com.microsoft" and node.op_type in counts:
+            counts[node.op_type] += 1
+    if any(counts.values()) and not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
+    return counts
 
 
 @contextlib.contextmanager
@@ -723,6 +786,7 @@ def quantize_onnx_int8(
     from loda.metadata import CheckpointMeta
 
     from .fp16 import _name_nodes
+    from .graph_stats import gemm_stats
 
     log = log or (lambda _m: None)
     start = time.perf_counter()
@@ -759,6 +823,11 @@ def quantize_onnx_int8(
     _name_nodes(work.graph)
     kept_float = float_kept_nodes(work)
     excluded = sorted({name for names in kept_float.values() for name in names})
+    flops = gemm_stats(work)  # before any com.microsoft op, which shape inference cannot see
+    fused: dict[str, int] = {}
+    if spec.ort_gelu_fusion:  # after float_kept_nodes: it reads MatMuls, which stay as they are
+        with _quiet_ort_logging():
+            fused = fuse_gelu_for_onnxruntime(work)
     reader = CropReader(calib, cfg, INPUT_NAME, log=log)
     extra = {
         **spec.extra_options,
@@ -772,6 +841,8 @@ def quantize_onnx_int8(
         + ", ".join(f"{len(v)} {k}" for k, v in kept_float.items())
         + ")"
     )
+    if fused:
+        log("fused for ONNX Runtime: " + ", ".join(f"{n} {op}" for op, n in fused.items()))
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="loda-int8-") as tmp:
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
@@ -807,7 +878,7 @@ def quantize_onnx_int8(
         first = first_line(exc)
         raise Int8Error(f"INT8 graph fails onnx.checker: {first}") from None
     check_exported_graph(quantized, crop_size=cfg.crop_size)  # I/O names, types, dynamic batch
-    share, n_int8 = int8_gemm_share(quantized)
+    share, n_int8 = int8_gemm_share(quantized, flops)
     report = Int8Report(
         method=method,
         target=target,
@@ -826,6 +897,7 @@ def quantize_onnx_int8(
             "weight_type": spec.weight_type,
             "calibrate_method": METHODS[method],
             "extra_options": {k: v for k, v in extra.items() if k != "CalibStridedMinMax"},
+            "onnxruntime_gelu_fusion": fused if spec.ort_gelu_fusion else None,
             "onnxruntime": tool_versions().get("onnxruntime", "?"),
         },
         n_qdq=sum(

@@ -288,6 +288,13 @@ def _read_onnx_record(onnx_path: Path) -> tuple[dict[str, str], int]:
             f"{onnx_path} has no LoDa metadata (metadata_props 'loda'); build from an ONNX made "
             "by loda-export or loda-calib"
         )
+    int8_target = json.loads(meta.get("loda.int8", "{}") or "{}").get("target")
+    if int8_target not in (None, "tensorrt"):
+        raise TrtError(
+            f"{onnx_path} is an INT8 graph for ONNX Runtime's CPU provider (loda-calib --target "
+            f"{int8_target}: u8 activations, ONNX Runtime-only fused ops); for TensorRT run "
+            "loda-calib int8 on the FP32 ONNX with --target tensorrt"
+        )
     inputs = [
         i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}
     ]

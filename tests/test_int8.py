@@ -193,6 +193,27 @@ def test_cli_cpu_target_entropy(micro, tmp_path):
     ]
     assert zero_points and all(z.dtype == np.uint8 for z in zero_points)
     assert record["verification"]["images"] == 6
+    # GELUs fused into ONNX Runtime's ops (no Erf left), MatMul outputs left float (no Q after a
+    # MatMul: ORT runs MatMulIntegerToFloat), Conv outputs quantized (QLinearConv).
+    ops = {(n.domain, n.op_type) for n in model.graph.node}
+    fused = record["settings"]["onnxruntime_gelu_fusion"]
+    assert fused["BiasGelu"] > 0 and ("com.microsoft", "BiasGelu") in ops
+    assert not any(op == "Erf" for _, op in ops)
+    assert any(o.domain == "com.microsoft" for o in model.opset_import)
+    producers = _producers(model)
+    q_inputs = [
+        producers.get(n.input[0]) for n in model.graph.node if n.op_type == "QuantizeLinear"
+    ]
+    assert not any(p is not None and p.op_type == "MatMul" for p in q_inputs)
+    assert any(p is not None and p.op_type == "Conv" for p in q_inputs)
+    # The INT8 share is counted on the whole graph, not only up to the first fused op.
+    assert record["int8_gemm_flops_share"] > 0.8
+    assert record["verification"]["max_abs_vs_fp32"] < 0.5
+    # TensorRT refuses it with one line before building anything.
+    from loda.export.trt import TrtError, _read_onnx_record
+
+    with pytest.raises(TrtError, match="--target tensorrt"):
+        _read_onnx_record(out)
 
 
 @pytest.mark.slow
@@ -420,3 +441,67 @@ def test_float_kept_nodes_on_a_hand_made_graph():
     )
     kept = float_kept_nodes(helper.make_model(graph))
     assert kept == {ATTENTION_PROBS: ["probs_at_v"], RESIDUAL_INPUTS: ["down_fc1"]}
+
+
+def _exported_gelu(x: str, out: str, tag: str) -> list[onnx.NodeProto]:
+    """GELU as torch's exporter writes it: x * (0.5 * (1 + erf(x / sqrt 2)))."""
+    return [
+        helper.make_node("Div", [x, "sqrt2"], [f"{tag}_d"], name=f"{tag}_div"),
+        helper.make_node("Erf", [f"{tag}_d"], [f"{tag}_e"], name=f"{tag}_erf"),
+        helper.make_node("Add", [f"{tag}_e", "one"], [f"{tag}_a"], name=f"{tag}_add"),
+        helper.make_node("Mul", ["half", f"{tag}_a"], [f"{tag}_h"], name=f"{tag}_half"),
+        helper.make_node("Mul", [x, f"{tag}_h"], [out], name=f"{tag}_mul"),
+    ]
+
+
+def test_gelu_fusion_for_onnxruntime_keeps_the_numbers():
+    """Linear -> GELU becomes BiasGelu, a lone GELU becomes Gelu (com.microsoft), the GEMM FLOPs
+    after a fused op are still counted, and ONNX Runtime computes the same values."""
+    from onnxruntime import InferenceSession
+
+    from loda.calib.graph_stats import gemm_stats
+    from loda.calib.int8 import fuse_gelu_for_onnxruntime, int8_gemm_share
+
+    rng = np.random.default_rng(0)
+    consts = [
+        numpy_helper.from_array(rng.standard_normal((8, 16)).astype(np.float32), "w1"),
+        numpy_helper.from_array(rng.standard_normal(16).astype(np.float32), "b1"),
+        numpy_helper.from_array(rng.standard_normal((16, 8)).astype(np.float32), "w2"),
+        numpy_helper.from_array(np.array(np.sqrt(2.0), np.float32), "sqrt2"),
+        numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+        numpy_helper.from_array(np.array(0.5, np.float32), "half"),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["m1"], name="fc1"),
+        helper.make_node("Add", ["m1", "b1"], ["h1"], name="fc1_bias"),
+        *_exported_gelu("h1", "g1", "act1"),
+        helper.make_node("MatMul", ["g1", "w2"], ["m2"], name="fc2"),
+        *_exported_gelu("m2", "y", "act2"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 5, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 5, 8])],
+        consts,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    x = rng.standard_normal((3, 5, 8)).astype(np.float32)
+    before = InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    flops = gemm_stats(model)
+
+    assert fuse_gelu_for_onnxruntime(model) == {"Gelu": 1, "BiasGelu": 1}
+    ops = [(n.domain, n.op_type) for n in model.graph.node]
+    assert ops == [
+        ("", "MatMul"),
+        ("com.microsoft", "BiasGelu"),
+        ("", "MatMul"),
+        ("com.microsoft", "Gelu"),
+    ]
+    after = InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    np.testing.assert_allclose(after, before, rtol=1e-5, atol=1e-6)
+    # Shape inference stops at BiasGelu: fc2's FLOPs are unknown in the fused graph itself.
+    assert gemm_stats(model).unknown == ("fc2",)
+    with pytest.raises(Int8Error, match="cannot count the FLOPs"):
+        int8_gemm_share(model)
+    assert int8_gemm_share(model, flops) == (0.0, 0)  # nothing quantized, nothing unknown
