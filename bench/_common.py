@@ -174,8 +174,11 @@ def make_checkpoint(config: str, seed: int, path: Path) -> None:
     save_checkpoint(model, path, provenance={"source": random_init_source(config, seed)})
 
 
-def check_onnx_source(path: Path, checkpoint_sha: str) -> None:
-    """Raise unless ``path`` is the FP32 ONNX export of the checkpoint with ``checkpoint_sha``."""
+def check_onnx_source(
+    path: Path, checkpoint_sha: str, *, precisions: Sequence[str] = ("fp32",)
+) -> str:
+    """Raise unless ``path`` is an ONNX graph (FP32 export, or one of ``precisions``) of the
+    checkpoint with ``checkpoint_sha``; return its precision."""
     import onnx
 
     from loda.export.onnx import read_onnx_metadata
@@ -183,13 +186,15 @@ def check_onnx_source(path: Path, checkpoint_sha: str) -> None:
     if not path.is_file():
         raise BenchError(f"no ONNX file at {path}")
     meta = read_onnx_metadata(onnx.load(str(path), load_external_data=False))
-    if meta.get("loda.precision", "fp32") != "fp32":
-        raise BenchError(f"--onnx {path} is a {meta['loda.precision']} graph; pass the FP32 export")
+    precision = meta.get("loda.precision", "fp32")
+    if precision not in precisions:
+        raise BenchError(f"--onnx {path} is a {precision} graph; pass the FP32 export")
     if meta.get("loda.source_sha256") != checkpoint_sha:
         raise BenchError(
             f"--onnx {path} was not exported from this checkpoint (source sha256 "
             f"{meta.get('loda.source_sha256', 'missing')[:12]}, checkpoint {checkpoint_sha[:12]})"
         )
+    return precision
 
 
 # --------------------------------------------------------------------------------------------

@@ -83,3 +83,36 @@ def test_bench_score_usage_error():
     proc = run_bench("bench_score.py", "--onnx", "model.onnx")
     assert proc.returncode == 2
     assert "--onnx needs the --checkpoint" in proc.stderr
+
+
+@pytest.mark.slow
+def test_bench_score_other_precision_is_measured_not_judged(tmp_path_factory, tmp_path):
+    """An FP16/INT8 graph is refused as --onnx unless --any-precision; then the report names
+    the precision and leaves the (FP32) goals unjudged."""
+    import onnx
+
+    from loda.calib.fp16 import convert_onnx_fp16
+
+    micro = micro_export(tmp_path_factory)
+    fp16_model, _ = convert_onnx_fp16(onnx.load(str(micro.onnx_path)))
+    fp16_path = tmp_path / "micro.fp16.onnx"
+    onnx.save(fp16_model, str(fp16_path))
+    args = [
+        "bench_score.py", "--quick", "--sections", "throughput",
+        "--config", "loda_micro", "--checkpoint", micro.checkpoint, "--onnx", fp16_path,
+        "--out", tmp_path / "bench", "--images", 1, "--threads", 1, "--score-jobs", 1,
+        "--json", tmp_path / "result.json",
+    ]  # fmt: skip
+    refused = run_bench(*args)
+    assert refused.returncode != 0
+    assert "is a fp16 graph; pass the FP32 export" in refused.stderr
+    proc = run_bench(*args, "--any-precision")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["model"]["onnx_precision"] == "fp16"
+    goals = result["throughput"]["goals"]
+    assert len(goals) == 2 and all(g["passed"] is None for g in goals)
+    assert all("not judged: a fp16 graph" in g["measured"] for g in goals)
+    assert "ONNX graph fp16" in proc.stdout and "PASS" not in proc.stdout
+    rows = {r["name"]: r for r in result["throughput"]["ways"]}
+    assert rows["inference"]["max_abs_vs_torch_loop"] < 0.05  # FP16 rounding, same model
