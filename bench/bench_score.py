@@ -841,8 +841,9 @@ def render(result: dict[str, Any]) -> str:
         f"{v.get('onnxruntime', v.get('onnxruntime-gpu', '?'))}, numpy {v.get('numpy', '?')}, "
         f"pillow {v.get('pillow', '?')}; git {str(m.get('git_commit'))[:12]}",
         f"weights: {result['model']['source']}; ONNX graph "
-        f"{result['model'].get('onnx_precision', 'fp32')}; median of {result['settings']['repeats']} "
-        f"interleaved round(s) after warm-up; load average {result['load_average']['before']} "
+        f"{result['model'].get('onnx_precision', 'fp32')}; median of "
+        f"{result['settings']['repeats']} interleaved round(s) after warm-up; load average "
+        f"{result['load_average']['before']} "
         f"-> {result['load_average']['after']}",
     ]
     t = result.get("throughput")

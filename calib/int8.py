@@ -50,9 +50,10 @@ median of 9 runs, with the first ``cpu`` recipe (u8s8 and output Q/DQ everywhere
 19.3 / 26.9 with 2 threads), hence two targets; ``loda_micro`` is too small to gain from INT8 on
 a CPU at all (102 / 61 / 77 crops/s). On ``loda_b16`` (2 threads, 30 crops, interleaved rounds)
 float MatMul outputs took the ``cpu`` target from 7.5 to 8.5 crops/s and the GELU fusion on top
-to 10.7 (per-crop max |d score| vs FP32 3.6e-3 -> 2.3e-3); see ``bench/bench_export.py``. ``quant_pre_process`` is not used: its symbolic
-shape inference fails on the graph's ``Expand`` and its optimiser path adds Transposes and drops
-the exporter's ``namespace`` node metadata, without a speed or accuracy gain.
+to 10.7 (per-crop max |d score| vs FP32 3.6e-3 -> 2.3e-3); see ``bench/bench_export.py``.
+``quant_pre_process`` is not used: its symbolic shape inference fails on the graph's ``Expand``
+and its optimiser path adds Transposes and drops the exporter's ``namespace`` node metadata,
+without a speed or accuracy gain.
 
 Verification runs both graphs in ONNX Runtime (CPU) on HELD-OUT images (never the calibration
 images) and requires Spearman(INT8 image scores, FP32 image scores) >= :data:`MIN_SPEARMAN`, no
