@@ -560,6 +560,12 @@ def run_throughput(args: argparse.Namespace, model: Model, out: Path) -> dict[st
     }
 
 
+def _not_judged(goal: dict[str, Any], why: str) -> None:
+    """Report ``goal``'s measurement without a verdict; ``why`` is appended to it."""
+    goal["passed"] = None
+    goal["measured"] += why
+
+
 def _goal(
     goal: str, value: float, threshold: float, measured: str, *, higher_is_better: bool = True
 ) -> dict[str, Any]:
@@ -807,10 +813,10 @@ def run_memory(args: argparse.Namespace, model: Model, out: Path) -> dict[str, A
     if m < steady:
         # Memory ramps up while the first `queue` images are read and the first batches run;
         # an archive that ends inside that ramp says nothing about flatness.
-        goal["passed"] = None
-        goal["measured"] += (
+        _not_judged(
+            goal,
             f"; not judged: {m} images < {MEMORY_MIN_QUEUES} x the queue ({queue}), the "
-            "smaller run ends before memory reaches its steady state"
+            "smaller run ends before memory reaches its steady state",
         )
     return {
         "config": model.config,
@@ -1078,8 +1084,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         result["throughput"] = run_throughput(args, model, out)
         if model.precision != "fp32":  # the goals are set for the FP32 graph
             for goal in result["throughput"]["goals"]:
-                goal["passed"] = None
-                goal["measured"] += f" (not judged: a {model.precision} graph; goals are for FP32)"
+                _not_judged(goal, f" (not judged: a {model.precision} graph; goals are for FP32)")
         goals += result["throughput"]["goals"]
     if "decode" in args.sections:
         result["decode"] = run_decode(args, model, out)

@@ -45,14 +45,15 @@ from PIL import Image
 from .datasets import DatasetError, Sample, read_csv_dataset
 from .demo_data import (
     COLOR_ONLY,
-    DATASET_NAME,
     DISTORTION_LEVELS,
     DISTORTIONS_BY_VALUE,
     META_NAME,
     MOS_RULE,
     DemoDataError,
     _is_gray,
+    _to_uint8,
     _write_png,
+    is_demo_dir,
     pseudo_mos,
 )
 from .preprocess import decode_image
@@ -123,7 +124,7 @@ def _new_content(ref: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     if rng.random() < 0.5:
         x = x[..., rng.permutation(3)]
     x = 255.0 * (x / 255.0) ** rng.uniform(*GAMMA)
-    return np.ascontiguousarray(np.clip(np.rint(x), 0, 255).astype(np.uint8))
+    return np.ascontiguousarray(_to_uint8(x))
 
 
 def synthesize(ref_id: str, reference: np.ndarray, index: int, seed: int) -> SyntheticImage:
@@ -194,15 +195,12 @@ def synthesize_training_set(
     refs = sorted(set(refs))
     if per_ref <= 0:
         raise DemoDataError(f"synthetic images per reference must be positive, got {per_ref}")
-    try:
-        meta = json.loads((root / META_NAME).read_text())
-    except (OSError, ValueError):
-        meta = None
-    if not isinstance(meta, dict) or meta.get("name") != DATASET_NAME:
+    if not is_demo_dir(root):
         raise DemoDataError(
             f"{root}: synthetic training images need the demo set (made by loda-data demo, "
             f"with {META_NAME} and references/); this is not one"
         )
+    meta = json.loads((root / META_NAME).read_text(encoding="utf-8"))
     known = {r["id"] for r in meta.get("references", [])}
     unknown = [r for r in refs if r not in known]
     if unknown:
