@@ -282,6 +282,8 @@ def score_command(
         log(f"  skipped {source}: {reason}")
     if len(skipped) > 20:
         log(f"  ... and {len(skipped) - 20} more skipped")
+    if not stats.images and not skipped and not counts["resumed"] and not counts["other_shards"]:
+        log("warning: no images found in " + ", ".join(inputs))
     return EXIT_FAILED if stats.failed else EXIT_OK
 
 

@@ -259,6 +259,18 @@ def test_usage_errors_exit_2_and_user_errors_exit_1(micro, images, tmp_path):
     ]
 
 
+def test_no_images_is_a_warning_not_a_silent_success(micro, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = loda_score(empty, "-m", micro.onnx_path, "-o", tmp_path / "e.csv", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert f"warning: no images found in {empty}" in r.stderr
+    assert read_csv(tmp_path / "e.csv") == []
+    (empty / "notes.txt").write_text("not an image")  # skipped with a reason: no warning
+    r = loda_score(empty, "-m", micro.onnx_path, "-o", tmp_path / "f.csv", "--no-progress")
+    assert r.returncode == 0 and "skipped" in r.stderr and "no images found" not in r.stderr
+
+
 # --------------------------------------------------------------------------------------------
 # Interruptions: kill -9, SIGTERM, --resume
 # --------------------------------------------------------------------------------------------
