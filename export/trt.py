@@ -288,7 +288,14 @@ def _read_onnx_record(onnx_path: Path) -> tuple[dict[str, str], int]:
             f"{onnx_path} has no LoDa metadata (metadata_props 'loda'); build from an ONNX made "
             "by loda-export or loda-calib"
         )
-    int8_target = json.loads(meta.get("loda.int8", "{}") or "{}").get("target")
+    for key in ("loda.int8", "loda.io"):  # read again when the sidecar is written
+        try:
+            record = json.loads(meta.get(key) or "{}")
+        except json.JSONDecodeError:
+            record = None
+        if not isinstance(record, dict):
+            raise TrtError(f"{onnx_path}: metadata_props '{key}' is not a JSON object (damaged?)")
+    int8_target = json.loads(meta.get("loda.int8") or "{}").get("target")
     if int8_target not in (None, "tensorrt"):
         raise TrtError(
             f"{onnx_path} is an INT8 graph for ONNX Runtime's CPU provider (loda-calib --target "

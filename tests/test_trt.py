@@ -24,6 +24,7 @@ from loda.export.trt import (
     TrtError,
     TrtUnavailable,
     _parser_errors,
+    _read_onnx_record,
     gpu_properties,
     inspect_engine,
     parse_batch_profile,
@@ -227,6 +228,30 @@ def test_parser_errors_are_one_line_per_node():
         "node_permute (Transpose): uint8 is not supported [UNSUPPORTED_NODE]",
         "graph (?): x [UNSUPPORTED_NODE]",
     ]
+
+
+def test_onnx_record_names_damaged_metadata(tmp_path):
+    """Checked before any TensorRT work: a damaged LoDa record is one line naming the key."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    def write(props: dict[str, str]) -> Path:
+        x = helper.make_tensor_value_info("crops", TensorProto.UINT8, ["batch", 224, 224, 3])
+        y = helper.make_tensor_value_info("score", TensorProto.UINT8, ["batch", 224, 224, 3])
+        graph = helper.make_graph(
+            [helper.make_node("Identity", ["crops"], ["score"])], "g", [x], [y]
+        )
+        model = helper.make_model(graph)
+        onnx.helper.set_model_props(model, props)
+        path = tmp_path / "tiny.onnx"
+        onnx.save(model, str(path))
+        return path
+
+    meta, crop = _read_onnx_record(write({"loda": "{}", "loda.io": '{"input": "crops"}'}))
+    assert crop == 224 and meta["loda"] == "{}"
+    for key, value in [("loda.int8", '{"target": "tensorrt"'), ("loda.io", "[1]")]:
+        with pytest.raises(TrtError, match=f"'{key}' is not a JSON object"):
+            _read_onnx_record(write({"loda": "{}", key: value}))
 
 
 # --------------------------------------------------------------------------------------------
