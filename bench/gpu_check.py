@@ -586,50 +586,13 @@ def images_from_bundle(bundle: Path, n: int) -> ImageSet:
 
 
 def generate_images(out_dir: Path, n: int, seed: int = 0) -> ImageSet:
-    """Procedural photographs-to-be (gradients, shapes, texture) with increasing blur, noise or
-    JPEG damage; PNG and JPEG files. Never used silently: the report says 'generated'."""
-    from PIL import Image, ImageDraw, ImageFilter
+    """Procedural stand-ins (:mod:`loda.generated`). Never used silently: the report says
+    'generated'."""
+    from loda.generated import DESCRIPTION
+    from loda.generated import generate_images as generate
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    paths = []
-    for i in range(n):
-        w, h = (384, 512) if i % 5 == 4 else (512, 384)
-        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-        phase = rng.uniform(0, 2 * np.pi, 3)
-        freq = rng.uniform(0.005, 0.03, 3)
-        base = np.stack(
-            [127 + 100 * np.sin(freq[c] * (xx + 0.7 * yy) + phase[c]) for c in range(3)], axis=-1
-        )
-        base += rng.normal(0, 12, (h // 8 + 1, w // 8 + 1, 3)).repeat(8, 0).repeat(8, 1)[:h, :w]
-        im = Image.fromarray(np.clip(base, 0, 255).astype(np.uint8))
-        draw = ImageDraw.Draw(im)
-        for _ in range(6):
-            x0, y0 = int(rng.integers(0, w - 40)), int(rng.integers(0, h - 40))
-            x1, y1 = x0 + int(rng.integers(20, 200)), y0 + int(rng.integers(20, 200))
-            fill = tuple(int(c) for c in rng.integers(0, 256, 3))
-            (draw.ellipse if rng.random() < 0.5 else draw.rectangle)([x0, y0, x1, y1], fill=fill)
-        level = i % 5
-        kind = (i // 5) % 3
-        if kind == 0 and level:
-            im = im.filter(ImageFilter.GaussianBlur(radius=0.8 * level))
-        elif kind == 1 and level:
-            arr = np.asarray(im, dtype=np.float32) + rng.normal(0, 6 * level, (h, w, 3))
-            im = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
-        if kind == 2:
-            path = out_dir / f"gen_{i:03d}.jpg"
-            im.save(path, quality=max(5, 90 - 20 * level))
-        else:
-            path = out_dir / f"gen_{i:03d}.png"
-            im.save(path)
-        paths.append(path)
-    return ImageSet(
-        "generated",
-        f"{n} procedural images (gradients, shapes, blur/noise/JPEG levels) in {out_dir}",
-        paths,
-        [None] * n,
-        [None] * n,
-    )
+    paths = generate(out_dir, n, seed)
+    return ImageSet("generated", f"{n} {DESCRIPTION} in {out_dir}", paths, [None] * n, [None] * n)
 
 
 def find_images(args: argparse.Namespace, report: Report, tmp: Path) -> tuple[ImageSet, list]:

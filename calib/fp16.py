@@ -88,10 +88,10 @@ FP32_OP_TYPES: tuple[str, ...] = (
     "Pow",
     "Sqrt",
 )
-DEFAULT_FP16_VERIFY_IMAGES = 50
+MIN_VERIFY_IMAGES = 50  # the FP16 check: Spearman over >= 50 images x 15 crops
+DEFAULT_FP16_VERIFY_IMAGES = MIN_VERIFY_IMAGES
 MIN_SPEARMAN = 0.999
 MIN_FP16_SHARE = 0.95
-MIN_VERIFY_IMAGES = 4  # Spearman needs a few images to mean anything
 
 Log = Callable[[str], None]
 
@@ -559,6 +559,12 @@ def convert_onnx_fp16(
         raise Fp16Error(f"unknown FP16 converter {converter!r}")
     if any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer):
         raise Fp16Error("the model already holds FP16 weights; convert the FP32 export")
+    metadata = read_onnx_metadata(model, source="the FP32 model")
+    if images is not None and len(images.names) < MIN_VERIFY_IMAGES:
+        raise Fp16Error(
+            f"FP16 verification needs at least {MIN_VERIFY_IMAGES} images, got "
+            f"{len(images.names)} ({images.source}); pass a folder or archive with more"
+        )
     fp32_bytes = model.SerializeToString() if fp32_model is None else fp32_model
 
     work = onnx.ModelProto()
@@ -616,11 +622,6 @@ def convert_onnx_fp16(
         raise Fp16Error(f"ONNX Runtime cannot load the FP16 graph: {first}") from None
 
     if images is not None:
-        if len(images.names) < MIN_VERIFY_IMAGES:
-            raise Fp16Error(
-                f"FP16 verification needs at least {MIN_VERIFY_IMAGES} images for a rank "
-                f"correlation, got {len(images.names)}"
-            )
         log(f"comparing FP16 with FP32 on {images.n_crops} crops of {len(images.names)} images")
         numbers = compare_fp16(fp32_bytes, fp16_bytes, images)
         report.n_images = numbers["n_images"]
@@ -638,7 +639,6 @@ def convert_onnx_fp16(
     if report.checks:
         raise Fp16Error("FP16 model failed: " + "; ".join(report.checks), report)
 
-    metadata = read_onnx_metadata(model)
     io_record = json.loads(metadata.get("loda.io", "{}") or "{}")
     if io_record:
         io_record["precision"] = "fp16"

@@ -225,7 +225,8 @@ def _image_candidates(
     images: str | os.PathLike, n_wanted: int
 ) -> tuple[str, list[CalibrationImage]]:
     """Images of a folder (recursive; a demo set through its CSV, with MOS), an archive (the
-    ``n_wanted`` members spread over the sorted names) or one image file."""
+    ``n_wanted`` members spread over the sorted names; with MOS from the manifest ``loda-data
+    pack`` writes beside it) or one image file."""
     from loda.export.onnx import (
         ARCHIVE_SUFFIXES,
         IMAGE_SUFFIXES,
@@ -236,8 +237,11 @@ def _image_candidates(
 
     root = Path(images)
     if _is_archive(root):
+        from loda.data_cli import read_manifest_mos
+
         members = _read_archive(root, n_wanted)
-        return str(root), [CalibrationImage(name, data) for name, data in members]
+        mos = read_manifest_mos(root)  # written by loda-data pack
+        return str(root), [CalibrationImage(name, data, mos.get(name)) for name, data in members]
     if root.is_dir():
         mos = _demo_mos(root)
         paths = _folder_images(root)
@@ -722,7 +726,7 @@ def _read_fp32_model(path: Path) -> tuple[onnx.ModelProto, dict[str, str]]:
         model = onnx.load(str(path))
     except Exception as exc:  # protobuf DecodeError and friends
         raise Int8Error(f"{path} is not an ONNX model: {type(exc).__name__}") from None
-    meta = read_onnx_metadata(model)
+    meta = read_onnx_metadata(model, source=path)
     if "loda" not in meta:
         raise Int8Error(
             f"{path} has no LoDa metadata (metadata_props 'loda'); quantize an FP32 ONNX made by "

@@ -107,7 +107,8 @@ def cli() -> None:
     "--verify-images",
     type=click.IntRange(min=1),
     default=None,
-    help="Images used for verification (15 crops each). Default: 16 (fp32), 50 (fp16).",
+    help="Images used for verification (15 crops each). Default: 16 (fp32), 50 (fp16, also "
+    "its minimum).",
 )
 def onnx_command(
     checkpoint: Path,

@@ -238,9 +238,27 @@ def _dims(value_info: Any) -> list[int | str]:
     return dims
 
 
-def read_onnx_metadata(model: onnx.ModelProto) -> dict[str, str]:
-    """The model's ``metadata_props`` as a dict."""
-    return {p.key: p.value for p in model.metadata_props}
+#: metadata_props entries that hold a JSON object (the others are plain strings).
+JSON_PROPS = ("loda", "loda.io", "loda.fp16", "loda.int8", "loda.tool_versions")
+
+
+def read_onnx_metadata(model: onnx.ModelProto, *, source: object = None) -> dict[str, str]:
+    """The model's ``metadata_props`` as a dict.
+
+    With ``source`` (a path or a name for messages) the :data:`JSON_PROPS` present are checked
+    to be JSON objects: a damaged record is a one-line :class:`ExportError` naming the key.
+    """
+    meta = {p.key: p.value for p in model.metadata_props}
+    for key in JSON_PROPS if source is not None else ():
+        if key not in meta:
+            continue
+        try:
+            record = json.loads(meta[key])
+        except json.JSONDecodeError:
+            record = None
+        if not isinstance(record, dict):
+            raise ExportError(f"{source}: metadata_props '{key}' is not a JSON object (damaged?)")
+    return meta
 
 
 def set_metadata(model: onnx.ModelProto, values: dict[str, str]) -> None:
@@ -410,7 +428,8 @@ def load_verification_images(
 
     ``images``: a folder (searched recursively; a demo set folder is read through its CSV), an
     archive (zip or tar), or ``None`` for the built-in demo set (``DEMO_REFERENCES`` reference
-    photographs with their distortions, made in a temporary directory).
+    photographs with their distortions, made in a temporary directory), or, when the demo
+    photographs are not installed, generated images (:mod:`loda.generated`; the source says so).
     """
     from loda.preprocess import preprocess_image
 
@@ -423,10 +442,16 @@ def load_verification_images(
         with tempfile.TemporaryDirectory(prefix="loda-verify-") as tmp:
             refs = list_references()[:DEMO_REFERENCES]
             if not refs:
-                raise ExportError(
-                    "no verification images: pass --images DIR, or install the demo reference "
-                    "photos with pip install 'loda[demo]'"
+                from loda.generated import DESCRIPTION, generate_images
+
+                log(
+                    "no --images and no demo reference photos (pip install 'loda[demo]'): "
+                    f"verifying on {n_images} generated images"
                 )
+                paths = generate_images(Path(tmp), n_images)
+                crops = tuple(preprocess_image(p, cfg) for p in paths)
+                names = tuple(p.name for p in paths)
+                return VerificationImages(f"generated: {DESCRIPTION}", names, crops)
             log(f"making the built-in demo set ({len(refs)} references) for verification")
             csv_path = make_demo_set(Path(tmp) / "demo", references=refs)
             paths = _folder_images(csv_path.parent)
@@ -693,6 +718,16 @@ def export_onnx(
             f"opset {opset} is not supported: use {MIN_OPSET}..{MAX_OPSET} (opset >= 17 keeps "
             "LayerNorm one LayerNormalization node)"
         )
+    from loda.calib.fp16 import DEFAULT_FP16_VERIFY_IMAGES, MIN_VERIFY_IMAGES
+
+    n = verify_images
+    if n is None:
+        n = DEFAULT_FP16_VERIFY_IMAGES if precision == "fp16" else DEFAULT_VERIFY_IMAGES
+    if verify and precision == "fp16" and n < MIN_VERIFY_IMAGES:
+        raise ExportError(
+            f"FP16 verification needs at least {MIN_VERIFY_IMAGES} images, got {n} "
+            "(--verify-images)"
+        )
     checkpoint_path, output_path = Path(checkpoint_path), Path(output_path)
     _check_checkpoint(checkpoint_path)
     if output_path.is_dir():
@@ -741,11 +776,6 @@ def export_onnx(
     parity = None
     vimages = None
     if verify:
-        n = verify_images
-        if n is None:
-            from loda.calib.fp16 import DEFAULT_FP16_VERIFY_IMAGES
-
-            n = DEFAULT_FP16_VERIFY_IMAGES if precision == "fp16" else DEFAULT_VERIFY_IMAGES
         vimages = load_verification_images(images, n, meta.preprocess, log=log)
         log(
             f"verifying on {vimages.n_crops} crops of {len(vimages.names)} images "
@@ -799,6 +829,10 @@ def verify_onnx_against_checkpoint(
         proto = onnx.load(str(onnx_path), load_external_data=False)
     except Exception as exc:  # protobuf DecodeError and friends
         raise ExportError(f"{onnx_path} is not an ONNX model: {type(exc).__name__}") from None
+    if "loda" not in read_onnx_metadata(proto, source=onnx_path):
+        raise ExportError(
+            f"{onnx_path} has no LoDa metadata (metadata_props 'loda'): not made by loda-export"
+        )
     from loda.checkpoint import load_checkpoint
 
     model, meta = load_checkpoint(checkpoint_path)

@@ -282,19 +282,12 @@ def _read_onnx_record(onnx_path: Path) -> tuple[dict[str, str], int]:
         model = onnx.load(str(onnx_path), load_external_data=False)
     except Exception as exc:  # protobuf DecodeError and friends
         raise TrtError(f"{onnx_path} is not an ONNX model: {type(exc).__name__}") from None
-    meta = read_onnx_metadata(model)
+    meta = read_onnx_metadata(model, source=onnx_path)
     if "loda" not in meta:
         raise TrtError(
             f"{onnx_path} has no LoDa metadata (metadata_props 'loda'); build from an ONNX made "
             "by loda-export or loda-calib"
         )
-    for key in ("loda.int8", "loda.io"):  # read again when the sidecar is written
-        try:
-            record = json.loads(meta.get(key) or "{}")
-        except json.JSONDecodeError:
-            record = None
-        if not isinstance(record, dict):
-            raise TrtError(f"{onnx_path}: metadata_props '{key}' is not a JSON object (damaged?)")
     int8_target = json.loads(meta.get("loda.int8") or "{}").get("target")
     if int8_target not in (None, "tensorrt"):
         raise TrtError(
@@ -452,10 +445,7 @@ def build_engine(
 
     engine_path.parent.mkdir(parents=True, exist_ok=True)
     _write_atomic(engine_path, plan_bytes)  # the plan, untouched
-    try:
-        loda_record = json.loads(meta["loda"])
-    except json.JSONDecodeError:
-        loda_record = meta["loda"]
+    loda_record = json.loads(meta["loda"])  # checked by _read_onnx_record
     sidecar = {
         "format": SIDECAR_FORMAT,
         "engine": engine_path.name,

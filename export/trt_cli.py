@@ -12,7 +12,8 @@ the ONNX's LoDa record). Precision comes from the ONNX graph (FP32 export, ``lod
 --precision fp16``, ``loda-calib int8``); there are no precision flags. ``inspect`` prints JSON
 to stdout: the sidecar and, where TensorRT and a GPU exist, the engine's I/O tensors.
 
-Exit codes: 0 ok, 1 failure (no TensorRT / cuda-python / GPU: one line saying what to install;
+Exit codes: 0 ok, 1 failure (no TensorRT / cuda-python / GPU: one line saying what to install,
+after ``inspect`` has printed what it could without them;
 ONNX parser errors: one line per failing node, then the error), 2 usage error (e.g. a malformed
 ``--batch``). tensorrt and cuda-python are imported only when a command needs them.
 """
@@ -130,13 +131,17 @@ def build_command(
 @cli.command("inspect")
 @click.argument("engine_file", metavar="MODEL.engine", type=click.Path(path_type=Path))
 def inspect_command(engine_file: Path) -> None:
-    """Print the engine's sidecar and its I/O tensors as JSON (stdout)."""
-    from loda.export.trt import inspect_engine
+    """Print the engine's sidecar and its I/O tensors as JSON (stdout).
+
+    Without TensorRT or a GPU the JSON still holds the sidecar, then one line says what is
+    missing for the I/O listing and the exit status is 1.
+    """
+    from loda.export.trt import TrtUnavailable, inspect_engine
 
     result = inspect_engine(engine_file, log=_echo)
-    if result["note"]:
-        _echo(result["note"])
     click.echo(json.dumps(result, indent=2, sort_keys=True))
+    if result["note"]:
+        raise TrtUnavailable(result["note"])
 
 
 def main() -> None:

@@ -83,7 +83,10 @@ def load_checkpoint(
         state = load_file(str(path), device=str(device))
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"cannot read tensors of {path}: {exc}") from None
-    model = LoDa(meta.model)
+    try:
+        model = LoDa(meta.model)
+    except ValueError as exc:  # a config the code cannot build (e.g. an unknown backbone)
+        raise CheckpointError(f"{path}: its model config cannot be built: {exc}") from None
     load_checked(model, state, what=f"checkpoint {path}")
     return model.to(device).eval(), meta
 

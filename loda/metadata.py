@@ -114,7 +114,7 @@ class CheckpointMeta:
                 provenance=dict(d["provenance"] or {}),
                 schema_version=version,
             )
-        except (TypeError, ValueError, KeyError) as exc:
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
             raise CheckpointError(f"malformed LoDa metadata: {exc}") from None
 
     @classmethod

@@ -135,6 +135,9 @@ class LoDa(nn.Module):
     def __init__(self, config: LoDaConfig) -> None:
         super().__init__()
         self.config = config
+        for name in (config.vit_name, config.cnn_name):
+            if not timm.is_model(name):
+                raise ValueError(f"timm {timm.__version__} has no model {name!r}")
         vit = timm.create_model(
             config.vit_name,
             pretrained=False,

@@ -91,6 +91,8 @@ def _safetensors_with_metadata(path, metadata, tensors=None):
         ("bad-json", "not valid JSON"),
         ("bad-model", "unknown model config keys: bogus"),
         ("missing-section", "missing calibration"),
+        ("unknown-backbone", "cannot be built: timm .* has no model 'vit_nonexistent'"),
+        ("bad-calibration", "malformed LoDa metadata"),
     ],
 )
 def test_malformed_files_give_one_line_errors(case, message, tmp_path, tiny_model):
@@ -113,6 +115,12 @@ def test_malformed_files_give_one_line_errors(case, message, tmp_path, tiny_mode
         _safetensors_with_metadata(path, {"loda": json.dumps(broken)})
     elif case == "missing-section":
         broken = {k: v for k, v in good.items() if k != "calibration"}
+        _safetensors_with_metadata(path, {"loda": json.dumps(broken)})
+    elif case == "unknown-backbone":
+        broken = {**good, "model": {**good["model"], "vit_name": "vit_nonexistent"}}
+        _safetensors_with_metadata(path, {"loda": json.dumps(broken)})
+    elif case == "bad-calibration":
+        broken = {**good, "calibration": {"dataset": "x", "fit": [1, 2], "mos_range": [1, 5]}}
         _safetensors_with_metadata(path, {"loda": json.dumps(broken)})
     with pytest.raises(CheckpointError, match=message) as info:
         load_checkpoint(path)

@@ -36,3 +36,16 @@ def test_pack_held_out_images(tmp_path, tmp_path_factory):
     assert [r["source"] for r in rows] == [f"{out}::{s.name}" for s in test]
     assert [float(r["mos"]) for r in rows] == [s.mos for s in test]
     assert {r["ref"] for r in rows}.isdisjoint({s.ref for s in _train})
+
+    # loda-calib reads the MOS of archive members from this manifest (relative paths as well).
+    from loda.calib.int8 import select_images
+
+    rel = subprocess.run(
+        [sys.executable, "-m", "loda.data_cli", "pack", str(csv_path), "-o", "rel.tar"],
+        capture_output=True, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    assert rel.returncode == 0, rel.stderr
+    for archive, expected in [(out, test), (tmp_path / "rel.tar", dataset.samples)]:
+        _, calib, _, held = select_images(archive, n_calib=3, n_verify=4)
+        by_name = {s.name: s.mos for s in expected}
+        assert [i.mos for i in calib + held] == [by_name[i.name] for i in calib + held]

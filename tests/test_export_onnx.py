@@ -15,6 +15,7 @@ import pytest
 import torch
 from conftest import perturb
 from onnx import TensorProto, helper
+from PIL import Image
 
 from loda.checkpoint import load_checkpoint, save_checkpoint
 from loda.demo_data import make_demo_set
@@ -150,6 +151,17 @@ def test_default_verification_images_are_a_built_in_demo_set(monkeypatch):
     assert images.n_crops == 45 and len({c.tobytes() for c in images.crops}) == 3
 
 
+def test_verification_falls_back_to_generated_images_and_says_so(monkeypatch):
+    import loda.demo_data
+
+    monkeypatch.setattr(loda.demo_data, "list_references", lambda: [])  # no demo photos
+    messages: list[str] = []
+    images = load_verification_images(None, 3, PreprocessConfig(), log=messages.append)
+    assert images.source.startswith("generated") and len(images.names) == 3
+    assert any("generated images" in m for m in messages)
+    assert images.n_crops == 45 and len({c.tobytes() for c in images.crops}) == 3
+
+
 def _tiny_graph(batch_dim) -> onnx.ModelProto:
     dims = [batch_dim, 224, 224, 3]
     inp = helper.make_tensor_value_info("crops", TensorProto.UINT8, dims)
@@ -199,6 +211,38 @@ def test_cli_errors_are_one_line(tmp_path):
     usage = loda_export("onnx", "other.safetensors", "--opset", "13", cwd=tmp_path)
     assert usage.returncode == 2 and "--opset" in usage.stderr
     assert not list(tmp_path.glob("*.onnx"))
+
+
+def test_cli_refuses_a_foreign_onnx_in_one_line(tmp_path):
+    """An ONNX file with the right input and output but not made by loda-export."""
+    torch.manual_seed(0)
+    save_checkpoint(create_model("loda_micro").eval(), tmp_path / "micro.safetensors")
+    onnx.save(_tiny_graph("batch"), str(tmp_path / "foreign.onnx"))
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(6):
+        Image.new("RGB", (64, 48), (40 * i, 90, 200)).save(images / f"{i}.png")
+    runs = {
+        "loda-export": loda_export("verify", "micro.safetensors", "foreign.onnx", cwd=tmp_path),
+        "loda-calib": subprocess.run(
+            [sys.executable, "-m", "loda.calib.cli", "int8", "foreign.onnx", "--images", "images"],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+        ),
+    }
+    for prog, out in runs.items():
+        assert out.returncode == 1, (prog, out.stderr)
+        lines = error_lines(out.stderr)
+        assert lines[-1].startswith(f"{prog}: error: foreign.onnx has no LoDa metadata"), lines
+        assert "Traceback" not in out.stderr
+    few = loda_export(
+        "onnx", "micro.safetensors", "--precision", "fp16", "--verify-images", "49", cwd=tmp_path
+    )
+    assert few.returncode == 1 and error_lines(few.stderr) == [
+        "loda-export: error: FP16 verification needs at least 50 images, got 49 (--verify-images)"
+    ]
+    assert sorted(p.name for p in tmp_path.glob("*.onnx")) == ["foreign.onnx"]
 
 
 # --------------------------------------------------------------------------------------------

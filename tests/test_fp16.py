@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -14,6 +15,7 @@ from loda.calib.fp16 import (
     FP32_OP_TYPES,
     MIN_FP16_SHARE,
     MIN_SPEARMAN,
+    MIN_VERIFY_IMAGES,
     Fp16Error,
     convert_onnx_fp16,
 )
@@ -29,7 +31,7 @@ def micro(tmp_path_factory) -> MicroExport:
 
 @pytest.fixture(scope="session")
 def fp16(micro):
-    images = load_verification_images(micro.demo_dir, 8, PreprocessConfig())
+    images = load_verification_images(micro.demo_dir, MIN_VERIFY_IMAGES, PreprocessConfig())
     model, report = convert_onnx_fp16(onnx.load(str(micro.onnx_path)), images=images)
     return model, report, images
 
@@ -96,7 +98,8 @@ def test_fp16_share_types_and_io(fp16):
 @pytest.mark.slow
 def test_fp16_scores_track_fp32_on_demo_images(fp16, micro):
     model, report, images = fp16
-    assert report.n_images == 8 and report.n_crops == 8 * 15
+    assert MIN_VERIFY_IMAGES == 50  # the issue's minimum, >= 50 images x 15 crops
+    assert report.n_images == 50 and report.n_crops == 50 * 15
     assert report.n_nonfinite == 0
     assert report.spearman >= MIN_SPEARMAN
     assert 0 < report.max_abs < 5e-3 and report.mean_abs <= report.max_abs
@@ -119,6 +122,35 @@ def test_fp16_check_can_fail(micro, fp16):
     report = info.value.report
     assert report is not None and not report.passed
     assert "FAIL" in report.table() and "Spearman (images)" in report.table()
+
+
+@pytest.mark.slow
+def test_fp16_check_needs_50_images(micro, fp16):
+    _, _, images = fp16
+    few = dataclasses.replace(images, names=images.names[:49], crops=images.crops[:49])
+    with pytest.raises(Fp16Error, match="at least 50 images, got 49"):
+        convert_onnx_fp16(onnx.load(str(micro.onnx_path)), images=few)
+
+
+@pytest.mark.slow
+def test_fp16_overflow_fails_the_check(micro, fp16):
+    """A weight the FP32 graph handles but FP16 overflows on: inf/NaN scores fail the check."""
+    _, _, images = fp16
+    model = onnx.load(str(micro.onnx_path))
+    inits = {t.name: t for t in model.graph.initializer}
+    # The widest MatMul weight (an MLP's first layer) scaled so its outputs pass FP16's 65504.
+    node = max(
+        (n for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in inits),
+        key=lambda n: np.prod(inits[n.input[1]].dims),
+    )
+    w = numpy_helper.to_array(inits[node.input[1]])
+    scaled = (w * (4e4 / np.abs(w).max())).astype(np.float32)  # max 4e4: FP16 holds it
+    inits[node.input[1]].CopyFrom(numpy_helper.from_array(scaled, node.input[1]))
+    fp32 = ort_scores(ort_session(model.SerializeToString()), images.crops[0])
+    assert np.all(np.isfinite(fp32))  # the FP32 graph itself is fine
+    with pytest.raises(Fp16Error, match="inf/NaN") as info:
+        convert_onnx_fp16(model, images=images)
+    assert info.value.report.n_nonfinite > 0 and not info.value.report.passed
 
 
 def test_share_counts_only_gemm_flops_and_conversion_traps():

@@ -18,6 +18,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from loda.errors import LodaError
 from loda.export.trt import (
     DEFAULT_PROFILE,
     BatchProfile,
@@ -144,11 +145,12 @@ def test_cli_inspect_without_tensorrt_prints_the_sidecar(tmp_path):
     sidecar = {"tensorrt_version": "11.4.0.106", "precision": "fp16", "plan_sha256": "x"}
     sidecar_path(engine).write_text(json.dumps(sidecar))
     r = loda_trt("inspect", engine)
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 1, r.stderr  # the I/O tensors could not be listed
     result = json.loads(r.stdout)
     assert result["sidecar"] == sidecar and result["io"] is None
     assert result["plan_bytes"] == len(b"plan bytes")
-    assert "I/O listing needs TensorRT" in r.stderr
+    last = error_lines(r.stderr)[-1]
+    assert last.startswith("loda-trt: error: the I/O listing needs TensorRT and a GPU: ")
     assert "describes another plan" in r.stderr  # the sidecar's sha256 is not this plan's
 
 
@@ -249,8 +251,8 @@ def test_onnx_record_names_damaged_metadata(tmp_path):
 
     meta, crop = _read_onnx_record(write({"loda": "{}", "loda.io": '{"input": "crops"}'}))
     assert crop == 224 and meta["loda"] == "{}"
-    for key, value in [("loda.int8", '{"target": "tensorrt"'), ("loda.io", "[1]")]:
-        with pytest.raises(TrtError, match=f"'{key}' is not a JSON object"):
+    for key, value in [("loda.int8", '{"target": "tensorrt"'), ("loda.io", "[1]"), ("loda", "x")]:
+        with pytest.raises(LodaError, match=f"'{key}' is not a JSON object"):
             _read_onnx_record(write({"loda": "{}", key: value}))
 
 
