@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
 from tqdm import tqdm
 
+from ._state import torch_load_weights_only
 from .checkpoint import load_checkpoint, save_checkpoint
 from .datasets import Sample
 from .errors import LodaError
@@ -304,7 +305,7 @@ def train(
 
     start_epoch = 0
     if resume:
-        start_epoch = _resume(model, optimizer, scheduler, scaler, out_dir, device)
+        start_epoch = _resume(model, optimizer, scheduler, scaler, out_dir)
 
     net: torch.nn.Module = model
     if world > 1:
@@ -387,6 +388,8 @@ def train(
                 **(provenance or {}),
             }
             save_checkpoint(model, checkpoint, preprocess=preprocess, provenance=record)
+            state_file = state_path(checkpoint)
+            tmp = state_file.with_name(state_file.name + ".tmp")  # atomic, as save_checkpoint
             torch.save(
                 {
                     "epoch": epoch + 1,
@@ -396,8 +399,9 @@ def train(
                     "torch_rng": torch.get_rng_state(),
                     "train_config": cfg.to_dict(),
                 },
-                state_path(checkpoint),
+                tmp,
             )
+            os.replace(tmp, state_file)
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, model)
         if world > 1:
@@ -423,7 +427,10 @@ def latest_epoch(out_dir: Path) -> int:
     return max(epochs, default=0)
 
 
-def _resume(model, optimizer, scheduler, scaler, out_dir: Path, device) -> int:
+_STATE_KEYS = ("epoch", "optimizer", "scheduler", "scaler", "torch_rng")
+
+
+def _resume(model, optimizer, scheduler, scaler, out_dir: Path) -> int:
     epoch = latest_epoch(out_dir)
     if epoch == 0:
         raise LodaError(f"--resume: no epoch checkpoint with training state in {out_dir}")
@@ -434,9 +441,13 @@ def _resume(model, optimizer, scheduler, scaler, out_dir: Path, device) -> int:
             f"--resume: {checkpoint} holds model {meta.model.name}, not {model.config.name}"
         )
     model.load_state_dict(saved.state_dict())
-    state = torch.load(state_path(checkpoint), map_location=device, weights_only=True)
+    state_file = state_path(checkpoint)
+    state = torch_load_weights_only(state_file, LodaError, "training state")
+    missing = [k for k in _STATE_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise LodaError(f"--resume: {state_file} is not a training state (no {', '.join(missing)})")
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     scaler.load_state_dict(state["scaler"])
-    torch.set_rng_state(state["torch_rng"].cpu())
+    torch.set_rng_state(state["torch_rng"])
     return int(state["epoch"])

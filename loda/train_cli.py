@@ -21,8 +21,18 @@ import click
 
 from .clitools import run
 from .config import list_configs
+from .errors import LodaError
 
 DEFAULT_SPLITS = 10
+POSITIVE = click.IntRange(min=1)
+NON_NEGATIVE = click.IntRange(min=0)
+LAYOUT_OPTION = click.option(
+    "--layout",
+    type=click.Choice(["grid", "random"]),
+    default="grid",
+    show_default=True,
+    help="Evaluation crops: the deterministic grid, or the authors' seeded random crops.",
+)
 
 
 def parse_data_spec(spec: str):
@@ -64,12 +74,12 @@ def train_options(f):
             type=click.Path(dir_okay=False, path_type=Path),
             help="Splits JSON (made and saved beside the results if absent).",
         ),
-        click.option("--split-seed", type=int, default=0, show_default=True),
-        click.option("--epochs", type=int, default=10, show_default=True),
-        click.option("--batch-size", type=int, default=128, show_default=True),
+        click.option("--split-seed", type=NON_NEGATIVE, default=0, show_default=True),
+        click.option("--epochs", type=POSITIVE, default=10, show_default=True),
+        click.option("--batch-size", type=POSITIVE, default=128, show_default=True),
         click.option(
             "--micro-batch",
-            type=int,
+            type=POSITIVE,
             default=None,
             help="Accumulate gradients over batch-size/micro-batch steps.",
         ),
@@ -78,7 +88,7 @@ def train_options(f):
         click.option("--weight-decay", type=float, default=0.01, show_default=True),
         click.option(
             "--crops-per-image",
-            type=int,
+            type=POSITIVE,
             default=None,
             help="Training crops per image (default: per dataset, as the authors).",
         ),
@@ -88,9 +98,9 @@ def train_options(f):
             default="none",
             show_default=True,
         ),
-        click.option("--workers", type=int, default=0, show_default=True),
+        click.option("--workers", type=NON_NEGATIVE, default=0, show_default=True),
         click.option("--device", default="auto", show_default=True),
-        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--seed", type=NON_NEGATIVE, default=0, show_default=True),
         click.option(
             "--amp/--no-amp",
             default=None,
@@ -172,8 +182,11 @@ def _train_and_eval(
     *,
     resume: bool = False,
     baseline: bool = False,
+    layout: str = "grid",
+    crop_seed: int = 0,
 ) -> dict[str, Any]:
-    """Train on split ``index`` and evaluate its test part (the last epoch, as the paper)."""
+    """Train on split ``index`` and evaluate its test part (the last epoch, as the paper) with
+    the ``layout`` crops (``crop_seed`` seeds the random layout)."""
     from .checkpoint import save_checkpoint
     from .evaluate import evaluate_samples
     from .preprocess import PreprocessConfig
@@ -183,6 +196,12 @@ def _train_and_eval(
     cfg = _train_config(opts, kind)
     model = _build_model(opts)
     preprocess = PreprocessConfig()
+    eval_preprocess = dataclasses.replace(preprocess, layout=layout)
+    evaluation = {
+        "layout": layout,
+        "crops": preprocess.num_crops,
+        "crop_seed": crop_seed if layout == "random" else None,
+    }
     provenance: dict[str, Any] = {
         "data": f"{dataset.name} ({dataset.root})",
         "split": {"file": str(split_path), "index": index, "seed": splits.seed},
@@ -191,6 +210,7 @@ def _train_and_eval(
         "split": index,
         "train_images": len(train_samples),
         "test_images": len(test_samples),
+        "evaluation": evaluation,
     }
     if opts["synthetic_per_ref"]:
         synthetic = _synthetic_samples(
@@ -206,7 +226,12 @@ def _train_and_eval(
         train_samples = [*train_samples, *synthetic]
     if baseline:
         base = evaluate_samples(
-            model, test_samples, preprocess, dataset_name=dataset.name, mos_range=dataset.mos_range
+            model,
+            test_samples,
+            eval_preprocess,
+            dataset_name=dataset.name,
+            mos_range=dataset.mos_range,
+            seed=crop_seed,
         )
         report["untrained"] = base.metrics
         click.echo(f"split {index}: untrained model  {_fmt(base.metrics)}", err=True)
@@ -226,9 +251,10 @@ def _train_and_eval(
     evaluated = evaluate_samples(
         result.model,
         test_samples,
-        preprocess,
+        eval_preprocess,
         dataset_name=dataset.name,
         mos_range=dataset.mos_range,
+        seed=crop_seed,
         progress=True,
     )
     final = out_dir / "model.safetensors"
@@ -243,6 +269,7 @@ def _train_and_eval(
             "train": cfg.to_dict(),
             **{k: evaluated.metrics[k] for k in ("srcc", "plcc", "krcc", "rmse")},
             "test_images": len(test_samples),
+            "evaluation": evaluation,
             "epochs": cfg.epochs,
         },
     )
@@ -311,8 +338,8 @@ def _init_distributed() -> None:
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @train_options
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
-@click.option("--split-index", type=int, default=0, show_default=True)
-@click.option("--num-splits", type=int, default=DEFAULT_SPLITS, show_default=True)
+@click.option("--split-index", type=NON_NEGATIVE, default=0, show_default=True)
+@click.option("--num-splits", type=POSITIVE, default=DEFAULT_SPLITS, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue from the newest epoch checkpoint in --out.")
 @click.option("--baseline", is_flag=True, help="Also evaluate the untrained model first.")
 def train_cmd(out_dir, split_index, num_splits, resume, baseline, **opts) -> None:
@@ -350,13 +377,21 @@ def train_cmd(out_dir, split_index, num_splits, resume, baseline, **opts) -> Non
 @click.option("--split-file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option(
     "--split-index",
-    type=int,
+    type=NON_NEGATIVE,
     default=None,
     help="Evaluate this split's test part (default: every image).",
 )
-@click.option("--layout", type=click.Choice(["grid", "random"]), default="grid", show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random layout.")
-@click.option("--crops", type=int, default=15, show_default=True)
+@LAYOUT_OPTION
+@click.option(
+    "--seed",
+    "--crop-seed",
+    "seed",
+    type=NON_NEGATIVE,
+    default=0,
+    show_default=True,
+    help="Seed of the random layout.",
+)
+@click.option("--crops", type=POSITIVE, default=15, show_default=True)
 @click.option(
     "-o",
     "--output",
@@ -405,6 +440,7 @@ def eval_cmd(
             "split_index": split_index,
             "layout": layout,
             "crops": crops,
+            "crop_seed": seed if layout == "random" else None,
             **result.metrics,
         },
     }
@@ -431,22 +467,42 @@ def eval_cmd(
 @click.option(
     "--splits",
     "num_splits",
-    type=int,
+    type=POSITIVE,
     default=DEFAULT_SPLITS,
     show_default=True,
     help="Train and evaluate this many splits; report medians (the paper: 10).",
 )
-def eval_splits_cmd(out_dir, num_splits, **opts) -> None:
+@LAYOUT_OPTION
+@click.option(
+    "--crop-seed",
+    type=NON_NEGATIVE,
+    default=0,
+    show_default=True,
+    help="Seed of the random layout (--seed is the training seed here).",
+)
+def eval_splits_cmd(out_dir, num_splits, layout, crop_seed, **opts) -> None:
     """The paper's protocol: train and evaluate K seeded 80/20 splits, report the medians."""
     kind, dataset = parse_data_spec(opts["data_spec"])
     out_dir.mkdir(parents=True, exist_ok=True)
     splits, split_path = _splits_for(
         dataset, opts["split_file"], out_dir, num_splits, opts["split_seed"]
     )
+    if num_splits > len(splits):
+        raise LodaError(f"--splits {num_splits}: {split_path} holds only k={len(splits)} splits")
     reports = []
     for i in range(num_splits):
         reports.append(
-            _train_and_eval(opts, kind, dataset, splits, split_path, i, out_dir / f"split{i}")
+            _train_and_eval(
+                opts,
+                kind,
+                dataset,
+                splits,
+                split_path,
+                i,
+                out_dir / f"split{i}",
+                layout=layout,
+                crop_seed=crop_seed,
+            )
         )
     medians = {
         k: statistics.median(r["trained"][k] for r in reports)
@@ -455,6 +511,7 @@ def eval_splits_cmd(out_dir, num_splits, **opts) -> None:
     summary = {
         "data": opts["data_spec"],
         "splits": str(split_path),
+        "evaluation": reports[0]["evaluation"],
         "per_split": reports,
         "median": medians,
     }

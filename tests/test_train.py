@@ -3,19 +3,21 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from loda.checkpoint import load_checkpoint
+from loda.checkpoint import load_checkpoint, save_checkpoint
 from loda.datasets import read_dataset
 from loda.demo_data import make_demo_set
 from loda.errors import LodaError
 from loda.evaluate import evaluate_samples, predict_samples
 from loda.model import create_model
 from loda.preprocess import PreprocessConfig
-from loda.train import TrainConfig, TrainCrops, plcc_loss, train
+from loda.splits import Splits, make_splits
+from loda.train import TrainConfig, TrainCrops, latest_epoch, plcc_loss, state_path, train
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +107,47 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(small_set, tmp_pa
     a, b = straight.state_dict(), resumed.model.state_dict()
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+def test_a_crash_while_writing_the_train_state_leaves_the_previous_epoch_resumable(
+    small_set, tmp_path, monkeypatch
+):
+    cfg = TrainConfig(epochs=2, batch_size=16, lr=1e-3, crops_per_image=1, seed=3)
+    samples = small_set.samples[:40]
+    real_save = torch.save
+
+    def killed_while_saving_epoch2(obj, f):
+        real_save(obj, f)
+        if "epoch2" in str(f):  # the process dies with half of the file written
+            with open(f, "r+b") as fh:
+                fh.truncate(Path(f).stat().st_size // 2)
+            raise _Crash
+
+    monkeypatch.setattr(torch, "save", killed_while_saving_epoch2)
+    with pytest.raises(_Crash):
+        train(_micro(), samples, tmp_path, cfg, progress=False)
+    monkeypatch.undo()
+    assert not state_path(tmp_path / "epoch2.safetensors").exists()
+    assert latest_epoch(tmp_path) == 1
+    resumed = train(_micro(seed=99), samples, tmp_path, cfg, progress=False, resume=True)
+    assert resumed.epochs_run == 1
+
+
+def test_resume_from_a_truncated_train_state_is_one_line(small_set, tmp_path):
+    cfg = TrainConfig(epochs=1, batch_size=16, crops_per_image=1)
+    run = tmp_path / "run"
+    train(_micro(), small_set.samples[:16], run, cfg, progress=False)
+    state = state_path(run / "epoch1.safetensors")
+    with open(state, "r+b") as fh:
+        fh.truncate(state.stat().st_size // 2)
+    res = _cli(
+        "train_main", "--data", small_set.root / "demo.csv", "--config", "loda_micro",
+        "--random-init", "--out", run, "--epochs", "2", "--batch-size", "16",
+        "--crops-per-image", "1", "--num-splits", "3", "--resume",
+    )  # fmt: skip
+    assert res.returncode == 1, res.stderr
+    (line,) = res.stderr.strip().splitlines()
+    assert line.startswith("loda-train: error: cannot read") and str(state) in line
 
 
 def test_resume_without_a_checkpoint_is_a_clear_error(small_set, tmp_path):
@@ -251,6 +294,29 @@ def test_train_command_errors(tmp_path, small_set, monkeypatch):
     assert "need the demo set" in line
 
 
+def test_counts_and_seeds_out_of_range_are_usage_errors(tmp_path, small_set):
+    csv = small_set.root / "demo.csv"
+    ckpt = tmp_path / "m.safetensors"
+    save_checkpoint(_micro(), ckpt)
+    split_file = tmp_path / "splits.json"
+    make_splits(small_set, k=2).save(split_file)
+    trainer = ("train_main", "--data", csv, "--config", "loda_micro", "--out", tmp_path / "o")
+    splits = ("eval_main", "--data", csv, "--out", tmp_path / "s", "--split-file", split_file)
+    for args, option in [
+        (("eval_main", ckpt, "--data", csv, "--crops", "0"), "--crops"),
+        (("eval_main", ckpt, "--data", csv, "--seed", "-1", "--layout", "random"), "--seed"),
+        ((*splits, "--splits", "0"), "--splits"),
+        ((*splits, "--splits", "2", "--crop-seed", "-3"), "--crop-seed"),
+        ((*trainer, "--epochs", "0"), "--epochs"),
+        ((*trainer, "--batch-size", "-4"), "--batch-size"),
+        ((*trainer, "--crops-per-image", "0"), "--crops-per-image"),
+        ((*trainer, "--num-splits", "0"), "--num-splits"),
+    ]:
+        res = _cli(*args)
+        assert res.returncode == 2, (args, res.stderr)
+        assert f"Invalid value for '{option}'" in res.stderr, res.stderr
+
+
 @pytest.mark.slow
 def test_torchrun_two_processes_on_cpu(small_set, tmp_path):
     """The multi-GPU command, run with 2 CPU processes (gloo): same entry point, DDP path."""
@@ -309,3 +375,42 @@ def test_eval_splits_protocol_reports_medians(small_set, tmp_path):
         for split in json.loads((out / "splits.json").read_text())["splits"]
     ]
     assert all(refs for refs in test_refs)
+
+
+@pytest.mark.slow
+def test_eval_splits_uses_the_random_crop_layout_and_checks_k_up_front(small_set, tmp_path):
+    csv = small_set.root / "demo.csv"
+    out = tmp_path / "splits"
+    common = (
+        "--data", csv, "--config", "loda_micro", "--random-init", "--epochs", "1",
+        "--batch-size", "16", "--crops-per-image", "1",
+    )  # fmt: skip
+    res = _cli(
+        "eval_main", "--splits", "1", "--out", out, "--layout", "random", "--crop-seed", "5",
+        *common,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    summary = json.loads((out / "results.json").read_text())
+    assert summary["evaluation"] == {"layout": "random", "crops": 15, "crop_seed": 5}
+    # the reported metrics are those of the trained checkpoint under that layout and seed
+    model, meta = load_checkpoint(out / "split0" / "model.safetensors")
+    assert meta.provenance["evaluation"] == summary["evaluation"]
+    _, test = Splits.load(out / "splits.json").select(small_set, 0)
+
+    def metrics(layout, seed):
+        preprocess = PreprocessConfig(layout=layout)
+        kw = {"dataset_name": "demo", "mos_range": (1, 5), "seed": seed}
+        return evaluate_samples(model, test, preprocess, **kw).metrics
+
+    assert summary["per_split"][0]["trained"] == pytest.approx(metrics("random", 5))
+    assert summary["per_split"][0]["trained"]["srcc"] != metrics("grid", None)["srcc"]
+
+    # more splits than the split file holds: one line before any training
+    res = _cli(
+        "eval_main", "--splits", "3", "--out", tmp_path / "more",
+        "--split-file", out / "splits.json", *common,
+    )  # fmt: skip
+    assert res.returncode == 1, res.stderr
+    (line,) = res.stderr.strip().splitlines()
+    assert str(out / "splits.json") in line and "k=1" in line
+    assert not (tmp_path / "more" / "split0").exists()
