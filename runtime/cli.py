@@ -1,9 +1,10 @@
 """``loda-score``: score image files, directories and archives with a LoDa artifact.
 
-Exit codes: 0 every input scored; 1 some inputs failed (they have error rows) or the run
-failed (a one-line error); 2 usage error (bad option, missing INPUT, bad --shard);
-130 interrupted by Ctrl-C, 143 by SIGTERM (the output is flushed and consistent: rerun with
---resume to finish).
+Exit codes: 0 every input scored; 1 some inputs failed (they have error rows, written by this
+run or, with --resume, by an earlier one) or the run failed (a one-line error); 2 usage error
+(bad option, missing INPUT, bad --shard); 130 interrupted by Ctrl-C, 143 by SIGTERM (the output
+is flushed and consistent: rerun with --resume to finish); 141 stdout closed by its reader (a
+broken pipe, e.g. ``| head``: one line on stderr, the rest of the run is dropped).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Container
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,8 @@ from loda.preprocess import DEFAULT_MAX_PIXELS, LAYOUTS
 
 __all__ = ["main", "score_command"]
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_SIGINT, EXIT_SIGTERM = 0, 1, 2, 130, 143
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_SIGINT, EXIT_SIGPIPE, EXIT_SIGTERM = 130, 141, 143  # 128 + the signal number
 
 
 class _Terminated(BaseException):
@@ -52,8 +55,8 @@ def _shard(_ctx: click.Context, _param: click.Parameter, value: str | None) -> A
         "(read member by member, never extracted), @list.txt (one path per line) or - (paths "
         "on stdin). Rows: source (archive.tar::member for members), score, spread (std of "
         "the crop scores), mos (when the model carries a calibration), width, height, status "
-        "(ok/error), error. Exit: 0 all scored, 1 some failed, 2 usage error, 130/143 "
-        "interrupted (rerun with --resume)."
+        "(ok/error), error. Exit: 0 all scored, 1 some failed (now or, with --resume, "
+        "before), 2 usage error, 130/143 interrupted (rerun with --resume), 141 stdout closed."
     ),
 )
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
@@ -150,7 +153,7 @@ def score_command(
     from tqdm import tqdm
 
     from .inputs import InputError, check_specs, iter_inputs
-    from .output import ResultRow, ResultWriter, format_for, read_done
+    from .output import ResultRow, ResultWriter, format_for, read_statuses
     from .pipeline import PipelineOptions, default_jobs, score_items
     from .scorer import Scorer
 
@@ -198,12 +201,13 @@ def score_command(
         f"worker(s)" + (f", shard {shard[0]}/{shard[1]}" if shard else "")
     )
 
-    done: set[str] = set()
+    done: dict[str, str] = {}  # source -> status of the rows already in --output
     if resume and Path(output).exists():
-        done = read_done(output, fmt)
-        log(f"resuming: {len(done)} input(s) already in {output}")
+        done = read_statuses(output, fmt)
+        errors = sum(status == "error" for status in done.values())
+        log(f"resuming: {len(done)} input(s) already in {output} ({errors} error row(s))")
     skipped: list[tuple[str, str]] = []
-    counts = {"resumed": 0, "other_shards": 0}
+    counts = {"resumed": 0, "resumed_failed": 0, "other_shards": 0, "rows": 0, "failed": 0}
 
     def selected():
         for item in iter_inputs(list(inputs), skipped=lambda s, r: skipped.append((s, r))):
@@ -212,6 +216,8 @@ def score_command(
                 yield item
             else:
                 counts[left_out] += 1
+                if left_out == "resumed" and done[item.source] == "error":
+                    counts["resumed_failed"] += 1  # an error row from before: this run failed too
 
     writer = ResultWriter(None if to_stdout else output, fmt, append=resume)
     bar = tqdm(
@@ -221,15 +227,15 @@ def score_command(
         disable=no_progress or None,
         dynamic_ncols=True,
     )
-    failed = [0]
     if not bar.disable and "-" not in inputs:
         threading.Thread(target=_count, args=(inputs, shard, done, bar), daemon=True).start()
 
     def on_result(result: Any) -> None:
         writer.write(ResultRow.from_result(result))
+        counts["rows"] += 1  # the bar's own count stays 0 when it is disabled
         if not result.ok:
-            failed[0] += 1
-            bar.set_postfix(failed=failed[0], refresh=False)
+            counts["failed"] += 1
+            bar.set_postfix(failed=counts["failed"], refresh=False)
         bar.update(1)
 
     pipeline_options = PipelineOptions(
@@ -249,14 +255,22 @@ def score_command(
         interrupted = EXIT_SIGINT
     except _Terminated:
         interrupted = EXIT_SIGTERM
+    except BrokenPipeError:
+        if not to_stdout:
+            raise
+        interrupted = EXIT_SIGPIPE
+        _stdout_to_devnull()
     finally:
         signal.signal(signal.SIGTERM, previous)
         bar.close()
         writer.close()
         scorer.close()
     seconds = time.perf_counter() - start
-    written = bar.n
+    written = counts["rows"]
     where = "stdout" if to_stdout else output
+    if interrupted == EXIT_SIGPIPE:
+        log(f"stdout was closed by its reader (broken pipe) after {written} row(s); stopped")
+        return interrupted
     if interrupted is not None:
         log(
             f"interrupted after {written} row(s) in {seconds:.1f}s; {where} is consistent: "
@@ -269,7 +283,7 @@ def score_command(
     if skipped:
         notes.append(f"{len(skipped)} skipped")
     if counts["resumed"]:
-        notes.append(f"{counts['resumed']} already done")
+        notes.append(f"{counts['resumed']} already done, {counts['resumed_failed']} of them failed")
     if counts["other_shards"]:
         notes.append(f"{counts['other_shards']} in other shards")
     log(
@@ -284,10 +298,10 @@ def score_command(
         log(f"  ... and {len(skipped) - 20} more skipped")
     if not stats.images and not skipped and not counts["resumed"] and not counts["other_shards"]:
         log("warning: no images found in " + ", ".join(inputs))
-    return EXIT_FAILED if stats.failed else EXIT_OK
+    return EXIT_FAILED if stats.failed or counts["resumed_failed"] else EXIT_OK
 
 
-def _left_out(source: str, shard: tuple[int, int] | None, done: set[str]) -> str | None:
+def _left_out(source: str, shard: tuple[int, int] | None, done: Container[str]) -> str | None:
     """Why ``source`` is not scored in this run ("other_shards", "resumed"), or None."""
     from .inputs import shard_of
 
@@ -298,7 +312,7 @@ def _left_out(source: str, shard: tuple[int, int] | None, done: set[str]) -> str
     return None
 
 
-def _count(inputs: tuple[str, ...], shard: Any, done: set[str], bar: Any) -> None:
+def _count(inputs: tuple[str, ...], shard: Any, done: Container[str], bar: Any) -> None:
     """Count the inputs in the background (names only) so the progress bar can show an ETA."""
     from .inputs import iter_inputs
 
@@ -310,6 +324,13 @@ def _count(inputs: tuple[str, ...], shard: Any, done: set[str], bar: Any) -> Non
     except Exception:  # the scoring run reports input problems itself
         return
     bar.total = n
+
+
+def _stdout_to_devnull() -> None:
+    """After a broken pipe: send what is left to flush (ours, the interpreter's) nowhere."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def _stderr(message: str) -> None:

@@ -28,6 +28,9 @@ Each INPUT, in the order given:
     ``nested archive skipped: ...`` (extract it and pass it as an INPUT);
   - anything else (directories, links, devices, hidden names such as ``__MACOSX/._x.jpg``,
     non-image names such as ``README.txt``): skipped, reported to the ``skipped`` callback;
+  - a regular member whose name an earlier member of the archive already had (tar appends
+    new versions, zip allows it too): skipped, reported as ``duplicate member name; the first
+    one is scored`` (a row is keyed by its source, so a name gets one row);
   - a member larger than ``MAX_MEMBER_BYTES``, or one that cannot be read (zip: bad CRC,
     encrypted, unknown compression): an error row ``cannot read member: ...``.
 
@@ -392,9 +395,11 @@ class _Enumerator:
         for item in members:
             yield from self._emit(item)
 
-    def _member_rule(self, name: str) -> tuple[str, str | None]:
+    def _member_rule(self, source: str, name: str) -> tuple[str, str | None]:
         """``("read", None)``, ``("error", message)`` or ``("skip", reason)`` for a member."""
         base = _basename(name)
+        if source in self.seen:  # rows are keyed by source: one row per name
+            return "skip", "duplicate member name; the first one is scored"
         if base.startswith("."):
             return "skip", "hidden"
         if is_archive_name(base):
@@ -437,7 +442,7 @@ class _Enumerator:
             else:
                 self.skipped(source, "special member")
             return None
-        action, detail = self._member_rule(member.name)
+        action, detail = self._member_rule(source, member.name)
         if action == "skip":
             self.skipped(source, detail)
             return None
@@ -467,7 +472,7 @@ class _Enumerator:
                     link = file_type == stat.S_IFLNK
                     self.skipped(source, "link member" if link else "special member")
                     continue
-                action, detail = self._member_rule(info.filename)
+                action, detail = self._member_rule(source, info.filename)
                 if action == "skip":
                     self.skipped(source, detail)
                     continue

@@ -36,6 +36,7 @@ nor a duplicate. Before anything is cut the file is checked to be a result file 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import errno
 import io
@@ -60,6 +61,7 @@ __all__ = [
     "ResultWriter",
     "format_for",
     "read_done",
+    "read_statuses",
     "repair_tail",
 ]
 
@@ -438,11 +440,20 @@ def read_done(path: PathLike, fmt: str) -> set[str]:
     Error rows count as done. An incomplete last record is ignored, and so is a JSONL line in
     the middle of the file that does not parse.
     """
+    return set(read_statuses(path, fmt))
+
+
+def read_statuses(path: PathLike, fmt: str) -> dict[str, str]:
+    """``{source: status}`` of the rows in ``path`` (``read_done``'s rows, with their status).
+
+    A CSV field may be of any length (a source over ``csv.field_size_limit()``'s 128 KiB
+    default is read back too; the limit is raised to the file size while reading).
+    """
     path = _resume_path(path)
     fmt = format_for(path, fmt)
     if not path.exists():
-        return set()
-    done: set[str] = set()
+        return {}
+    done: dict[str, str] = {}
     with open(path, "rb") as f:
         if fmt == "csv":
             records = (rec.decode(_ENCODING, _ERRORS) for rec, _ in _csv_records(f))
@@ -453,10 +464,11 @@ def read_done(path: PathLike, fmt: str) -> set[str]:
                 _check_partial_start(path, fmt, f.read(len(_CSV_HEADER)))
                 return done
             _check_header(path, header)
-            column = header.index("source")
-            for fields in reader:
-                if len(fields) == len(header):
-                    done.add(fields[column])
+            source, status = header.index("source"), header.index("status")
+            with _csv_field_limit(os.fstat(f.fileno()).st_size):
+                for fields in reader:
+                    if len(fields) == len(header):
+                        done[fields[source]] = fields[status]
         else:
             first = True
             for line, _ in _jsonl_lines(f):
@@ -465,11 +477,22 @@ def read_done(path: PathLike, fmt: str) -> set[str]:
                     _check_first_object(path, obj)
                     first = False
                 if obj is not None and isinstance(obj.get("source"), str):
-                    done.add(obj["source"])
+                    done[obj["source"]] = obj.get("status")
             if first:
                 f.seek(0)
                 _check_partial_start(path, fmt, f.read(len(_JSONL_START)))
     return done
+
+
+@contextlib.contextmanager
+def _csv_field_limit(size: int) -> Iterator[None]:
+    """Let the ``csv`` module read fields of up to ``size`` characters; restore its limit after."""
+    previous = csv.field_size_limit()
+    csv.field_size_limit(max(previous, min(size, 2**31 - 1)))  # a C long on every platform
+    try:
+        yield
+    finally:
+        csv.field_size_limit(previous)
 
 
 def repair_tail(path: PathLike, fmt: str) -> int:

@@ -17,10 +17,12 @@ which worker or in which order an image was processed.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import importlib
 import os
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -115,10 +117,42 @@ def prepare_image(
     seed: int | None = None,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> PreparedImage:
-    """Decode / resize / crop one image (path, bytes or RGB array) with the shared code."""
+    """Decode / resize / crop one image (path, bytes or RGB array) with the shared code.
+
+    ``max_pixels`` (``None``: no limit) is the only pixel limit: see ``_pillow_limit``.
+    """
     rng = None if cfg.layout == "grid" else image_seed(0 if seed is None else seed, name)
-    info = preprocess_image_with_info(source, cfg, seed=rng, max_pixels=max_pixels)
+    with _pillow_limit(max_pixels):
+        info = preprocess_image_with_info(source, cfg, seed=rng, max_pixels=max_pixels)
     return PreparedImage(info.crops, info.original_width, info.original_height)
+
+
+_PILLOW_LIMIT_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _pillow_limit(max_pixels: int | None) -> Iterator[None]:
+    """Lift Pillow's own bomb limit to ``max_pixels`` (or off, for None) during one decode.
+
+    Pillow refuses any image over twice its process-wide ``PIL.Image.MAX_IMAGE_PIXELS`` (179
+    Mpx by default), whatever ``max_pixels`` says. ``decode_image`` checks ``max_pixels`` on
+    the header before decoding, so within Pillow's default (``DEFAULT_MAX_PIXELS``) nothing is
+    touched; above it (or for None) Pillow's limit is raised under a lock and restored after.
+    Other threads that decode through Pillow meanwhile see the raised limit.
+    """
+    if max_pixels is not None and max_pixels <= DEFAULT_MAX_PIXELS:
+        yield
+        return
+    from PIL import Image
+
+    with _PILLOW_LIMIT_LOCK:
+        previous = Image.MAX_IMAGE_PIXELS
+        if previous is not None:
+            Image.MAX_IMAGE_PIXELS = None if max_pixels is None else max(previous, max_pixels)
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = previous
 
 
 @dataclass(frozen=True, eq=False)

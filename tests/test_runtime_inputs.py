@@ -202,6 +202,32 @@ def test_zip_members_in_order_with_their_bytes(tmp_path):
     assert [r for _, r in skips] == ["directory member", "not an image suffix"]
 
 
+def test_duplicate_member_names_are_skipped_after_the_first(tmp_path):
+    members = [("a.jpg", b"first"), ("b.jpg", b"b"), ("a.jpg", b"second"), ("n.zip", b"z")] * 2
+    tar = tmp_path / "dup.tar"
+    with tarfile.open(tar, "w") as tf:  # tar appends a new version of a file under its name
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    zf = tmp_path / "dup.zip"
+    with warnings.catch_warnings(), zipfile.ZipFile(zf, "w") as z:
+        warnings.simplefilter("ignore", UserWarning)  # zipfile warns "Duplicate name" and writes
+        for name, data in members:
+            z.writestr(name, data)
+    for archive in (tar, zf):
+        items, skips = collect([str(archive)])
+        assert [(i.source, i.data, i.error is None) for i in items] == [
+            (f"{archive}::a.jpg", b"first", True),
+            (f"{archive}::b.jpg", b"b", True),
+            (f"{archive}::n.zip", None, False),  # a nested archive: an error row, once too
+        ]
+        reason = "duplicate member name; the first one is scored"
+        assert skips == [
+            (f"{archive}::{n}", reason) for n in ("a.jpg", "a.jpg", "b.jpg", "a.jpg", "n.zip")
+        ]
+
+
 def test_archives_inside_directories_are_expanded_in_walk_order(tmp_path):
     touch(tmp_path / "a.jpg")
     write_tar(tmp_path / "b.tgz", {"m.jpg": b"m"}, "w:gz")

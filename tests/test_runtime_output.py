@@ -17,6 +17,7 @@ from loda.runtime.output import (
     ResultWriter,
     format_for,
     read_done,
+    read_statuses,
     repair_tail,
 )
 
@@ -150,6 +151,19 @@ def test_truncated_tail_is_ignored_then_repaired_without_duplicates(tmp_path, fm
     assert [r["source"] for r in parse(path, fmt)] == [*names, "four.jpg"]
     assert path.read_bytes().startswith(complete_two)
     assert repair_tail(path, fmt) == 0
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_fields_over_the_csv_module_limit_are_read_back(tmp_path, fmt):
+    long_name = "x" * (csv.field_size_limit() + 10_000)  # e.g. a junk line of an @list
+    path = tmp_path / f"out.{fmt}"
+    with ResultWriter(path, fmt) as writer:
+        writer.write(ResultRow("a.jpg", 1.0))
+        writer.write(ResultRow(long_name, status="error", error="input not found"))
+    limit = csv.field_size_limit()
+    assert read_statuses(path, fmt) == {"a.jpg": "ok", long_name: "error"}
+    assert read_done(path, fmt) == {"a.jpg", long_name}
+    assert csv.field_size_limit() == limit  # restored for other readers
 
 
 def test_repair_tail_cuts_only_the_last_incomplete_record(tmp_path):

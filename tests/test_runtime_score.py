@@ -7,18 +7,25 @@ tests/badinputs.py, archives, kill -9 / SIGTERM and --resume, shards, -j equalit
 from __future__ import annotations
 
 import csv
+import io
 import json
+import math
 import os
+import re
+import shutil
 import signal
+import struct
 import subprocess
 import sys
 import tarfile
 import time
+import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
-from badinputs import make_bad_corpus
+from badinputs import _png_chunk, make_bad_corpus
 from PIL import Image
 
 from loda.runtime import Scorer
@@ -103,6 +110,42 @@ def test_grid_scores_identical_across_backends(micro, images):
         np.testing.assert_allclose(a.crop_scores, b.crop_scores, atol=ATOL, rtol=0)
 
 
+def _huge_png_header(side: int = 13_400) -> bytes:
+    """A PNG whose header says ``side`` x ``side`` (179.6 Mpx for 13400, just over Pillow's
+    own error limit of 2 x 89.5 Mpx) and whose pixel data is broken: decoding fails at once,
+    so neither test memory nor time goes into a real image of that size."""
+    ihdr = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)  # 1-bit grey
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", ihdr)
+        + _png_chunk(b"IDAT", b"not zlib data")
+        + _png_chunk(b"IEND", b"")
+    )
+
+
+def test_max_pixels_is_the_only_pixel_limit(micro, images, tmp_path):
+    huge = tmp_path / "huge.png"
+    huge.write_bytes(_huge_png_header())
+    pillow_limit = Image.MAX_IMAGE_PIXELS
+    with Scorer.open(micro.onnx_path, device="cpu") as scorer:
+        small, _ = scorer.score_paths([images[0], huge], max_pixels=1000)
+        ok, unlimited = scorer.score_paths([images[0], huge], max_pixels=None)
+    assert not small.ok and "96x64 = 6144 pixels exceeds the limit of 1000" in small.error
+    assert ok.ok
+    # No limit: Pillow's own limit (an error at 2 x 89.5 Mpx) is lifted too, so the decoder
+    # gets to the (broken) pixel data, and the process-wide limit is restored afterwards.
+    assert not unlimited.ok and "DecompressionBomb" not in unlimited.error, unlimited.error
+    assert "broken data stream" in unlimited.error
+    assert pillow_limit == Image.MAX_IMAGE_PIXELS
+    out = tmp_path / "zero.csv"  # --max-pixels 0 in the decode workers
+    r = loda_score(
+        images[0], huge, "-m", micro.onnx_path, "-o", out, "--max-pixels", "0", "-j", "1"
+    )
+    assert r.returncode == 1, r.stderr
+    rows = read_csv(out)
+    assert rows[0]["status"] == "ok" and "broken data stream" in rows[1]["error"], rows
+
+
 def test_crop_packer_straddles_batches_in_order():
     from loda.runtime import CropPacker
 
@@ -131,10 +174,25 @@ def test_crop_packer_straddles_batches_in_order():
 # --------------------------------------------------------------------------------------------
 
 
+DUPLICATE = "duplicate member name; the first one is scored"
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
+    """The bad-input corpus plus a tar and a zip holding two members named ``same.jpg``."""
     root = tmp_path_factory.mktemp("corpus")
     expected = make_bad_corpus(root)
+    first, second = (root / "plain.jpg").read_bytes(), b"not an image: must not be scored"
+    with tarfile.open(root / "dups.tar", "w") as tar:
+        for data in (first, second):
+            info = tarfile.TarInfo("same.jpg")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    with warnings.catch_warnings(), zipfile.ZipFile(root / "dups.zip", "w") as zf:
+        warnings.simplefilter("ignore", UserWarning)  # "Duplicate name": written all the same
+        for data in (first, second):
+            zf.writestr("same.jpg", data)
+    expected.update({"dups.tar::same.jpg": "ok", "dups.zip::same.jpg": "ok"})
     return root, expected
 
 
@@ -143,19 +201,30 @@ def test_bad_input_corpus_never_stops_a_run(micro, corpus, tmp_path):
     out = tmp_path / "scores.csv"
     r = loda_score(root, "-m", micro.onnx_path, "-o", out, "-j", "2", cwd=root)
     assert r.returncode == 1, r.stderr  # some inputs failed
-    rows = by_source(read_csv(out))
-    got = {}
-    for source, row in rows.items():
-        rel = os.path.relpath(source, root) if "::" not in source else None
-        if rel is None:
-            archive, member = source.split("::", 1)
-            rel = f"{os.path.relpath(archive, root)}::{member}"
-        got[rel] = row
+
+    def rel(source: str) -> str:
+        archive, sep, member = source.partition("::")
+        return os.path.relpath(archive, root) + sep + member
+
+    got = {rel(source): row for source, row in by_source(read_csv(out)).items()}
+    assert sorted(got) == sorted(n for n, e in expected.items() if e != "skip")  # no extra row
+    prefix = "loda-score:   skipped "  # the summary lists every skip (up to 20) with its reason
+    skips = sorted(
+        (rel(source), why)
+        for source, why in (
+            line.removeprefix(prefix).rsplit(": ", 1)
+            for line in r.stderr.splitlines()
+            if line.startswith(prefix)
+        )
+    )
+    duplicates = [("dups.tar::same.jpg", DUPLICATE), ("dups.zip::same.jpg", DUPLICATE)]
+    assert [n for n, _ in skips] == sorted(
+        [n for n, e in expected.items() if e == "skip"] + [n for n, _ in duplicates]
+    )
+    assert set(duplicates) <= set(skips)
     for name, expectation in expected.items():
         if expectation == "skip":
-            assert name not in got, f"{name} should be skipped, got a row"
             continue
-        assert name in got, f"no row for {name}; rows: {sorted(got)}"
         row = got[name]
         assert row["status"] == expectation, f"{name}: {row}"
         if expectation == "ok":
@@ -224,6 +293,76 @@ def test_archives_lists_and_stdin(micro, images, tmp_path):
     direct = {row["source"]: row for row in read_csv(_score(micro, images[:3], tmp_path / "d.csv"))}
     for p, row in zip(images[:3], rows, strict=False):
         assert abs(float(row["score"]) - float(direct[str(p)]["score"])) <= ATOL
+
+
+def test_calibrated_model_writes_mos(micro, images, tmp_path):
+    import dataclasses
+
+    import onnx
+
+    from loda.metadata import METADATA_KEY, Calibration
+    from loda.metrics import LogisticFit
+
+    b1, b2, b3, b4 = 5.0, 1.0, 0.1, 0.4
+    with Scorer.open(micro.onnx_path, device="cpu") as scorer:
+        meta = scorer.meta
+    calibration = Calibration(LogisticFit((b1, b2, b3, b4)), "test", (1.0, 5.0))
+    record = dataclasses.replace(meta, calibration=calibration).to_json()
+    model = onnx.load(micro.onnx_path)
+    (prop,) = [p for p in model.metadata_props if p.key == METADATA_KEY]
+    prop.value = record  # the record loda-export writes, now with a calibration
+    calibrated = tmp_path / "calibrated.onnx"
+    onnx.save(model, calibrated)
+    out = tmp_path / "mos.csv"
+    r = loda_score(*images[:3], "-m", calibrated, "-o", out, "-j", "0")
+    assert r.returncode == 0, r.stderr
+    rows = read_csv(out)
+    plain = read_csv(_score(micro, images[:3], tmp_path / "plain.csv"))
+    for row, plain_row in zip(rows, plain, strict=True):
+        score = float(row["score"])
+        assert score == float(plain_row["score"]) and plain_row["mos"] == ""
+        want = (b1 - b2) / (1 + math.exp(-(score - b3) / abs(b4))) + b2  # VQEG 4-parameter
+        assert abs(float(row["mos"]) - want) <= 1e-9, (row, want)
+        assert 1.0 < want < 5.0
+
+
+def test_random_crops_are_reproducible_across_shards_and_resume(micro, images, tmp_path):
+    random5 = ("--crops", "5", "--layout", "random", "--seed", "1")
+    whole = by_source(read_csv(_score(micro, images, tmp_path / "whole.csv", *random5)))
+    parts = []
+    for i in range(2):
+        part = _score(micro, images, tmp_path / f"s{i}.csv", *random5, "--shard", f"{i}/2")
+        parts += read_csv(part)
+    resumed = tmp_path / "resumed.csv"
+    shutil.copy(tmp_path / "s0.csv", resumed)  # shard 0 done, then the rest with --resume
+    _score(micro, images, resumed, *random5, "--resume")
+    with Scorer.open(micro.onnx_path, device="cpu") as scorer:
+        api = scorer.score_paths(images, num_crops=5, layout="random", seed=1)
+        grid = scorer.score_paths(images)
+    for rows in (by_source(parts), by_source(read_csv(resumed))):
+        assert rows.keys() == whole.keys()
+        for key, row in rows.items():
+            assert abs(float(row["score"]) - float(whole[key]["score"])) <= ATOL
+    for result, g in zip(api, grid, strict=True):
+        assert len(result.crop_scores) == 5 and len(g.crop_scores) == 15
+        assert abs(result.score - float(whole[result.source]["score"])) <= ATOL
+    assert any(abs(a.score - g.score) > 1e-6 for a, g in zip(api, grid, strict=True))
+
+
+def test_resume_exit_code_counts_error_rows_from_before(micro, images, tmp_path):
+    junk = "x" * 140_000  # a junk line of an @list: an error row with a 140,000-character source
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{images[0]}\n{junk}\n")
+    out = tmp_path / "r.csv"
+    r = loda_score(f"@{listing}", "-m", micro.onnx_path, "-o", out, "-j", "0")
+    assert r.returncode == 1, r.stderr
+    r = loda_score(
+        f"@{listing}", images[1], "-m", micro.onnx_path, "-o", out, "-j", "0", "--resume"
+    )
+    assert r.returncode == 1, r.stderr  # every new input scored, but one failed before
+    assert "scored 1 of 1 image(s), 0 failed (2 already done, 1 of them failed)" in r.stderr
+    lines = out.read_text().splitlines()
+    assert len(lines) == 4 and lines[2] == f"{junk},,,,,,error,input not found"
 
 
 def _score(micro, inputs, out, *extra) -> Path:
@@ -340,6 +479,39 @@ def test_sigterm_flushes_a_consistent_file_and_exits_143(micro, images, tmp_path
     )
     assert r.returncode == 0, r.stderr
     assert [row["source"] for row in read_csv(out)] == [str(p) for p in images]
+
+
+@pytest.mark.slow
+def test_sigint_exits_130_and_counts_the_rows_written(micro, images, tmp_path):
+    out = tmp_path / "i.csv"
+    proc = _start(micro, images, out, "--no-progress")
+    _wait_rows(out, 2, proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    (count,) = re.findall(r"interrupted after (\d+) row\(s\)", err)
+    assert int(count) == len(read_csv(out)) >= 2
+
+
+def test_closed_stdout_pipe_stops_with_one_line(micro, images, tmp_path):
+    tar = tmp_path / "many.tar"  # 40 distinct members: still scoring when the reader goes
+    with tarfile.open(tar, "w") as tf:
+        for i in range(40):
+            tf.add(images[i % len(images)], arcname=f"{i}.png")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "loda.runtime.cli", str(tar), "-m", str(micro.onnx_path),
+         "-j", "0", "--batch-size", "15"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    assert proc.stdout.readline().startswith("source,")  # like `| head -1`
+    proc.stdout.close()
+    err = proc.stderr.read()
+    proc.wait(timeout=120)
+    assert proc.returncode == 141, err
+    lines = [x for x in err.splitlines() if "pipe" in x or "Error" in x or "Traceback" in x]
+    assert len(lines) == 1 and "broken pipe" in lines[0], err
 
 
 def test_stdout_output_and_score_progress_summary(micro, images):
