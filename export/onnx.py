@@ -55,6 +55,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from loda.atomic import write_bytes_atomic
 from loda.errors import LodaError
 from loda.preprocess import PreprocessConfig
 from loda.runtime.inputs import (  # one list of suffixes for every image reader
@@ -664,10 +665,7 @@ def _export_proto(wrapper: Any, crop_size: int, opset: int) -> onnx.ModelProto:
 
 def _save_bytes(data: bytes, path: Path) -> int:
     """Write atomically (a failed run never leaves a half-written model at ``path``)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-    return len(data)
+    return write_bytes_atomic(path, data)
 
 
 def _io_record(crop_size: int, precision: str) -> str:

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from loda.atomic import write_bytes_atomic
 from loda.errors import LodaError
 
 __all__ = [
@@ -246,12 +247,6 @@ def read_sidecar(engine_path: str | os.PathLike) -> dict[str, Any] | None:
     return data
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 # --------------------------------------------------------------------------------------------
 # Build
 # --------------------------------------------------------------------------------------------
@@ -440,11 +435,11 @@ def build_engine(
 
     if cache_info is not None:
         serialized = bytes(config.get_timing_cache().serialize())
-        _write_atomic(Path(cache_info["path"]), serialized)
+        write_bytes_atomic(Path(cache_info["path"]), serialized)
         cache_info["saved_bytes"] = len(serialized)
 
     engine_path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(engine_path, plan_bytes)  # the plan, untouched
+    write_bytes_atomic(engine_path, plan_bytes)  # the plan, untouched
     loda_record = json.loads(meta["loda"])  # checked by _read_onnx_record
     sidecar = {
         "format": SIDECAR_FORMAT,
@@ -475,7 +470,7 @@ def build_engine(
         "built_at": now_utc(),
     }
     side = sidecar_path(engine_path)
-    _write_atomic(side, (json.dumps(sidecar, indent=2, sort_keys=True) + "\n").encode())
+    write_bytes_atomic(side, (json.dumps(sidecar, indent=2, sort_keys=True) + "\n").encode())
     return BuildReport(
         engine_path=engine_path,
         sidecar_path=side,

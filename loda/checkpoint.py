@@ -20,6 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ._state import check_state_dict, load_checked, torch_load_weights_only
+from .atomic import atomic_path
 from .errors import CheckpointError
 from .metadata import (
     METADATA_KEY,
@@ -68,9 +69,8 @@ def save_checkpoint(
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata={METADATA_KEY: meta.to_json(), "format": "pt"})
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={METADATA_KEY: meta.to_json(), "format": "pt"})
     return meta
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from .atomic import atomic_path
 from .clitools import run
 from .errors import LodaError
 
@@ -89,7 +90,6 @@ def pack_cmd(
     it, so scores can be joined with their MOS.
     """
     import csv
-    import os
     import tarfile
 
     from .datasets import read_dataset
@@ -105,11 +105,9 @@ def pack_cmd(
     if not samples:
         raise click.UsageError("nothing to pack: the selection is empty")
     output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(output.name + ".tmp")
-    with tarfile.open(tmp, "w") as tf:
+    with atomic_path(output) as tmp, tarfile.open(tmp, "w") as tf:
         for sample in samples:
             tf.add(sample.path, arcname=sample.name, recursive=False)
-    os.replace(tmp, output)
     manifest = manifest_path(output)
     with open(manifest, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)

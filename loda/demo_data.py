@@ -75,6 +75,7 @@ import numpy as np
 from PIL import Image, ImageOps
 from scipy import ndimage
 
+from .atomic import write_bytes_atomic
 from .errors import LodaError
 
 __all__ = [
@@ -431,9 +432,7 @@ def _write_png(img: np.ndarray, path: Path) -> None:
 
 
 def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(text.encode("utf-8"))
-    os.replace(tmp, path)
+    write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def is_demo_dir(path: str | os.PathLike[str]) -> bool:

@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSamp
 from tqdm import tqdm
 
 from ._state import torch_load_weights_only
+from .atomic import atomic_path
 from .checkpoint import load_checkpoint, save_checkpoint
 from .datasets import Sample
 from .errors import LodaError
@@ -388,20 +389,18 @@ def train(
                 **(provenance or {}),
             }
             save_checkpoint(model, checkpoint, preprocess=preprocess, provenance=record)
-            state_file = state_path(checkpoint)
-            tmp = state_file.with_name(state_file.name + ".tmp")  # atomic, as save_checkpoint
-            torch.save(
-                {
-                    "epoch": epoch + 1,
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "torch_rng": torch.get_rng_state(),
-                    "train_config": cfg.to_dict(),
-                },
-                tmp,
-            )
-            os.replace(tmp, state_file)
+            with atomic_path(state_path(checkpoint)) as tmp:  # as save_checkpoint
+                torch.save(
+                    {
+                        "epoch": epoch + 1,
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "scaler": scaler.state_dict(),
+                        "torch_rng": torch.get_rng_state(),
+                        "train_config": cfg.to_dict(),
+                    },
+                    tmp,
+                )
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, model)
         if world > 1:
