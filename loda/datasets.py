@@ -621,17 +621,25 @@ def read_tid2013(root: str | os.PathLike[str]) -> Dataset:
 # --------------------------------------------------------------------------------------
 
 
-def read_livec(root: str | os.PathLike[str]) -> Dataset:
-    """LIVE Challenge (Ghadiyaram & Bovik 2016), authentic, 1,169 images.
+_LIVEC_TRAINING = re.compile(r"t[1-7]\.bmp", re.IGNORECASE)  # the study's training images
+
+
+def read_livec(root: str | os.PathLike[str], *, training_images: str = "drop") -> Dataset:
+    """LIVE Challenge (Ghadiyaram & Bovik 2016), authentic, 1,162 images (1,169 listed).
 
     Reads ``Data/AllImages_release.mat`` (``AllImages_release``, Nx1 cell of file names)
     and ``Data/AllMOS_release.mat`` (``AllMOS_release``, 1xN). MOS is on a 0-100 scale,
     **higher is better**, used as is; ``mos_range = (0, 100)``. Images are looked up in
-    ``Images/`` and, failing that, ``Images/trainingImages/`` (where the release keeps the
-    7 training images ``t1.bmp ... t7.bmp``, the first 7 entries). Some protocols drop those
-    7 images; this reader keeps all N and drops nothing.
+    ``Images/`` and, failing that, ``Images/trainingImages/``, where the release keeps the
+    7 images of the study's training phase (``t1.bmp ... t7.bmp``, the first 7 entries).
+    ``training_images="drop"`` (default) leaves those out, as the usual protocol does
+    (HyperIQA, DBCNN, pyiqa: 1,162 images); ``"keep"`` keeps all 1,169.
     """
     label = "LIVE Challenge"
+    if training_images not in ("drop", "keep"):
+        raise DatasetError(
+            f"{label}: training_images must be 'drop' or 'keep', got {training_images!r}"
+        )
     base = _root(label, root)
     names_path = base / "Data" / "AllImages_release.mat"
     mos_path = base / "Data" / "AllMOS_release.mat"
@@ -655,6 +663,8 @@ def read_livec(root: str | os.PathLike[str]) -> Dataset:
     training = images / "trainingImages"
     samples = []
     for fname, value in zip(names, mos, strict=True):
+        if training_images == "drop" and _LIVEC_TRAINING.fullmatch(fname):
+            continue
         path = images / fname
         if not path.is_file() and (training / fname).is_file():
             path = training / fname
@@ -890,7 +900,8 @@ READERS: dict[str, Callable[..., Dataset]] = {
 def read_dataset(kind: str, root: str | os.PathLike[str], **options: Any) -> Dataset:
     """Read dataset ``kind`` (a key of :data:`READERS`) from ``root``.
 
-    ``options`` go to the reader (only ``image_dir`` for ``koniq10k`` exists).
+    ``options`` go to the reader: ``image_dir`` for ``koniq10k``, ``training_images`` for
+    ``livec``.
     """
     reader = READERS.get(kind)
     if reader is None:

@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from .datasets import DatasetError, Sample
+from .datasets import Dataset, DatasetError, Sample
 from .errors import LodaError, first_line, one_line
 from .metadata import CheckpointMeta
 from .metrics import MetricError
@@ -163,7 +163,7 @@ def spread_indices(n_total: int, n: int) -> list[int]:
 
 
 def select_samples(
-    samples: Sequence[Sample],
+    dataset: Dataset,
     *,
     splits: Any | None = None,
     split_index: int = 0,
@@ -175,14 +175,14 @@ def select_samples(
     ``splits`` (a :class:`loda.splits.Splits`) with ``subset`` ``"test"`` or ``"train"`` picks
     that side of split ``split_index``; ``limit`` keeps that many, spread evenly.
     """
-    chosen: tuple[Sample, ...] = tuple(samples)
+    chosen: tuple[Sample, ...] = tuple(dataset.samples)
     what = "all images"
     if subset not in ("all", "train", "test"):
         raise DatasetError(f"subset must be all, train or test, got {subset!r}")
     if subset != "all":
         if splits is None:
             raise DatasetError(f"--subset {subset} needs a split file")
-        train, test = splits.select(_DatasetView(chosen), split_index)
+        train, test = splits.select(dataset, split_index)
         chosen = test if subset == "test" else train
         what = f"{subset} images of split {split_index}"
     if limit is not None:
@@ -196,14 +196,6 @@ def select_samples(
             f"parity needs at least {MIN_IMAGES} images with MOS (SRCC/PLCC), got {len(chosen)}"
         )
     return chosen, what
-
-
-@dataclass(frozen=True)
-class _DatasetView:
-    """The part of :class:`loda.datasets.Dataset` that ``Splits.select`` reads."""
-
-    samples: tuple[Sample, ...]
-    name: str = "data"
 
 
 # --------------------------------------------------------------------------------------------

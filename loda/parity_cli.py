@@ -139,7 +139,7 @@ def parity_cmd(
     _kind, dataset = parse_data_spec(data_spec)
     splits = Splits.load(split_file) if split_file is not None else None
     samples, what = select_samples(
-        dataset.samples, splits=splits, split_index=split_index, subset=subset, limit=limit
+        dataset, splits=splits, split_index=split_index, subset=subset, limit=limit
     )
     trained = meta.provenance.get("split")
     if subset == "test" and isinstance(trained, dict) and trained.get("index") != split_index:

@@ -106,6 +106,8 @@ class Splits:
             raise bad("'splits' must be a list")
         if len(raw) != doc["k"]:
             raise bad(f"'k' is {doc['k']} but there are {len(raw)} splits")
+        if not raw:
+            raise bad("it holds no split (k = 0)")
         splits: list[Split] = []
         for i, item in enumerate(raw):
             if not isinstance(item, dict) or set(item) != {"train", "test"}:
@@ -132,10 +134,23 @@ class Splits:
         )
 
     def select(self, dataset: Dataset, i: int) -> tuple[tuple[Sample, ...], tuple[Sample, ...]]:
-        """Samples of split ``i`` as (train, test), in the stored (sorted name) order."""
+        """Samples of split ``i`` as (train, test), in the stored (sorted name) order.
+
+        Refuses splits made for another dataset, and, for a synthetic dataset, splits that are
+        not by reference or that put a reference on both sides (a test reference would leak
+        into training).
+        """
         if not _is_int(i) or not 0 <= i < len(self.splits):
             raise DatasetError(
                 f"splits: split index {i!r} out of range (0..{len(self.splits) - 1})"
+            )
+        if self.dataset != dataset.name:
+            raise DatasetError(f"splits: made for dataset {self.dataset!r}, not {dataset.name!r}")
+        if dataset.synthetic and self.by != "ref":
+            raise DatasetError(
+                f"splits: dataset {dataset.name!r} is synthetic but these splits are by "
+                f"{self.by}, so references would be shared by train and test; make splits "
+                "by reference (loda.splits.make_splits)"
             )
         by_name = {s.name: s for s in dataset.samples}
         out = []
@@ -147,6 +162,13 @@ class Splits:
                     f"{dataset.name!r} (first: {absent[0]!r})"
                 )
             out.append(tuple(by_name[n] for n in names))
+        if dataset.synthetic:
+            shared = {s.ref for s in out[0]} & {s.ref for s in out[1]}
+            if shared:
+                raise DatasetError(
+                    f"splits: split {i} puts {len(shared)} reference(s) of {dataset.name!r} in "
+                    f"both train and test (first: {sorted(shared)[0]!r})"
+                )
         return out[0], out[1]
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -35,13 +36,22 @@ LAYOUT_OPTION = click.option(
 )
 
 
+_SPEC_OPTIONS = re.compile(r"\?(\w+=[^&?]*(?:&\w+=[^&?]*)*)$")
+
+
 def parse_data_spec(spec: str):
-    """``KIND:ROOT`` or ``file.csv`` -> (kind, Dataset)."""
+    """``KIND:ROOT[?KEY=VALUE&...]`` or ``file.csv`` -> (kind, Dataset); the options go to
+    the reader (``koniq10k:ROOT?image_dir=512x384``, ``livec:ROOT?training_images=keep``)."""
     from .datasets import READERS, read_dataset
 
     kind, sep, root = spec.partition(":")
     if sep and kind in READERS:
-        return kind, read_dataset(kind, root)
+        options = {}
+        match = _SPEC_OPTIONS.search(root)
+        if match:
+            root = root[: match.start()]
+            options = dict(pair.split("=", 1) for pair in match.group(1).split("&"))
+        return kind, read_dataset(kind, root, **options)
     if spec.endswith(".csv") or Path(spec).is_dir():
         return "csv", read_dataset("csv", spec)
     raise click.BadParameter(
@@ -53,7 +63,10 @@ def parse_data_spec(spec: str):
 def train_options(f):
     options = [
         click.option(
-            "--data", "data_spec", required=True, help="KIND:ROOT or a generic .csv file."
+            "--data",
+            "data_spec",
+            required=True,
+            help="KIND:ROOT[?KEY=VALUE&...] (reader options) or a generic .csv file.",
         ),
         click.option(
             "--config",
@@ -373,7 +386,12 @@ def train_cmd(out_dir, split_index, num_splits, resume, baseline, **opts) -> Non
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("checkpoint", required=False, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--data", "data_spec", required=True, help="KIND:ROOT or a generic .csv file.")
+@click.option(
+    "--data",
+    "data_spec",
+    required=True,
+    help="KIND:ROOT[?KEY=VALUE&...] (reader options) or a generic .csv file.",
+)
 @click.option("--split-file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option(
     "--split-index",

@@ -9,10 +9,10 @@ BIN=$(dirname "$PY")
 started=$(date +%s)
 step() { printf '\n==> [%ss] %s\n' "$(( $(date +%s) - started ))" "$*" >&2; }
 
-# The demo recipe (README, "Demo training recipe"): loda_micro with random-init backbones, all
-# weights training, lr 1e-3, batch 32, 3 crops per image, 8 epochs, fp32 in the NCHW layout (the
-# exact run measured in the README; --amp and channels-last are faster but were not adopted),
-# split 0 of the seeded splits.
+# The demo recipe (README, "The demo set and the demo training recipe"): loda_micro with
+# random-init backbones, all weights training, lr 1e-3, batch 32, 3 crops per image, 8 epochs,
+# fp32 in the NCHW layout (the exact run measured in the README; --amp and channels-last are
+# faster but were not adopted), split 0 of the seeded splits.
 DEMO_TRAIN_ARGS=${DEMO_TRAIN_ARGS:---config loda_micro --random-init --train-backbones all --lr 1e-3 --batch-size 32 --crops-per-image 3 --epochs 8 --no-channels-last}
 
 DATA=$DEMO_DIR/data

@@ -417,12 +417,32 @@ def test_tid2013_errors(tmp_path):
 
 
 def test_livec(tmp_path):
-    ds = read_livec(make_livec(tmp_path))
-    assert len(ds) == 5  # the 7 (here 2) training images are kept
+    root = make_livec(tmp_path)
+    ds = read_livec(root)
+    assert len(ds) == 3  # the study's training images t1..t7 (here 2) are left out
+    np.testing.assert_allclose(ds.mos, LIVEC_MOS[2:])
+    assert ds.samples[0].name == "Images/10.JPG"
+    assert not ds.synthetic and ds.refs == () and ds.mos_range == (0.0, 100.0)
+    ds = read_livec(root, training_images="keep")
+    assert len(ds) == 5
     np.testing.assert_allclose(ds.mos, LIVEC_MOS)
     assert ds.samples[0].name == "Images/trainingImages/t1.bmp"
-    assert ds.samples[2].name == "Images/10.JPG"
-    assert not ds.synthetic and ds.refs == () and ds.mos_range == (0.0, 100.0)
+    with pytest.raises(DatasetError, match="training_images must be 'drop' or 'keep'"):
+        read_livec(root, training_images="all")
+
+
+def test_data_spec_passes_reader_options(tmp_path):
+    from loda.train_cli import parse_data_spec
+
+    root = make_livec(tmp_path / "livec")
+    assert len(parse_data_spec(f"livec:{root}")[1]) == 3
+    kind, ds = parse_data_spec(f"livec:{root}?training_images=keep")
+    assert kind == "livec" and len(ds) == 5
+    make_koniq(tmp_path / "koniq", folders=("1024x768", "512x384"))
+    _, ds = parse_data_spec(f"koniq10k:{tmp_path / 'koniq'}?image_dir=512x384")
+    assert ds.samples[0].name == "512x384/10004473376.jpg"
+    with pytest.raises(DatasetError, match="takes no option"):
+        parse_data_spec(f"livec:{root}?image_dir=512x384")
 
 
 def test_livec_row_vector_names(tmp_path):
@@ -430,13 +450,13 @@ def test_livec_row_vector_names(tmp_path):
     scipy.io.savemat(
         root / "Data" / "AllImages_release.mat", {"AllImages_release": cell(LIVEC_NAMES)}
     )
-    assert len(read_livec(root)) == 5
+    assert len(read_livec(root, training_images="keep")) == 5
 
 
 def test_livec_errors(tmp_path):
     root = make_livec(tmp_path)
     (root / "Images" / "100.bmp").unlink()
-    with pytest.raises(DatasetError, match=r"LIVE Challenge: 1 of 5 images .*100\.bmp"):
+    with pytest.raises(DatasetError, match=r"LIVE Challenge: 1 of 3 images .*100\.bmp"):
         read_livec(root)
     scipy.io.savemat(root / "Data" / "AllMOS_release.mat", {"AllMOS_release": [LIVEC_MOS[:3]]})
     with pytest.raises(DatasetError, match=r"AllMOS_release.mat has 3 values but .* has 5 names"):
@@ -597,3 +617,22 @@ def test_no_torch_import():
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize(
+    ("maker", "reader"),
+    [(make_kadid, read_kadid10k), (make_live, read_live), (make_tid, read_tid2013)],
+)
+def test_splits_of_synthetic_benchmarks_keep_references_apart(tmp_path, maker, reader):
+    """The official layouts, split and reloaded: no reference on both sides of any split."""
+    from loda.splits import Splits, make_splits
+
+    ds = reader(maker(tmp_path / "d"))
+    splits = make_splits(ds, k=4, seed=1, train_fraction=0.5)
+    assert splits.by == "ref"
+    back = Splits.load(splits.save(tmp_path / "splits.json"))
+    assert back == splits
+    for i in range(len(back)):
+        train, test = back.select(ds, i)
+        assert train and test and not {s.ref for s in train} & {s.ref for s in test}
+        assert {s.name for s in train} | {s.name for s in test} == set(ds.names)

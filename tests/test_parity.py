@@ -114,7 +114,7 @@ def artifacts(micro, tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def report(micro, dataset, artifacts):
-    samples, what = select_samples(dataset.samples, limit=N_IMAGES)
+    samples, what = select_samples(dataset, limit=N_IMAGES)
     return _run_parity(
         micro.checkpoint,
         samples,
@@ -279,15 +279,15 @@ def test_comparator_uses_the_tolerance_of_the_precision():
 
 def test_selection_spreads_and_needs_enough_images(dataset):
     assert spread_indices(10, 4) == [0, 3, 6, 9] and spread_indices(3, 5) == [0, 1, 2]
-    chosen, what = select_samples(dataset.samples, limit=4)
+    chosen, what = select_samples(dataset, limit=4)
     assert [s.name for s in chosen] == [dataset.samples[i].name for i in [0, 26, 53, 79]]
     assert what == "all images, 4 spread evenly"
     with pytest.raises(DatasetError, match="at least 4 images"):
-        select_samples(dataset.samples, limit=3)
+        select_samples(dataset, limit=3)
     with pytest.raises(DatasetError, match="needs a split file"):
-        select_samples(dataset.samples, subset="test")
+        select_samples(dataset, subset="test")
     splits = make_splits(dataset, k=2, train_fraction=0.5)
-    test, what = select_samples(dataset.samples, splits=splits, split_index=1, subset="test")
+    test, what = select_samples(dataset, splits=splits, split_index=1, subset="test")
     assert {s.name for s in test} == set(splits.splits[1][1])
     assert what == "test images of split 1"
 

@@ -145,3 +145,27 @@ def test_bad_arguments():
     broken = Dataset("b", Path("/d"), (Sample(Path("/d/a"), 1.0, None, "a"),) * 2, (0, 1), True, "")
     with pytest.raises(DatasetError, match="has no ref"):
         make_splits(broken)
+
+
+def test_select_refuses_splits_that_would_leak_or_belong_elsewhere(tmp_path):
+    import dataclasses
+
+    ds = synthetic()
+    # Splits by image of the same samples (as if the set had been read as authentic).
+    by_image = make_splits(dataclasses.replace(ds, synthetic=False), k=2, seed=0)
+    assert by_image.by == "image"
+    with pytest.raises(DatasetError, match="synthetic but these splits are by image"):
+        by_image.select(ds, 0)
+    # By reference on paper, but r00 on both sides (a hand-edited file).
+    names = sorted(ds.names)
+    leaky = dataclasses.replace(
+        make_splits(ds, k=1, seed=0), splits=((tuple(names[1:]), (names[0],)),)
+    )
+    with pytest.raises(DatasetError, match=r"1 reference\(s\) of 'synth' in both train and test"):
+        leaky.select(ds, 0)
+    with pytest.raises(DatasetError, match="made for dataset 'synth', not 'auth'"):
+        make_splits(ds, k=1).select(authentic(), 0)
+    doc = json.loads(make_splits(ds, k=1).save(tmp_path / "s.json").read_text())
+    (tmp_path / "k0.json").write_text(json.dumps({**doc, "k": 0, "splits": []}))
+    with pytest.raises(DatasetError, match=r"holds no split \(k = 0\)"):
+        Splits.load(tmp_path / "k0.json")
