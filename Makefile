@@ -36,7 +36,7 @@ demo: venv
 	DEMO_DIR=$(DEMO_DIR) PY=$(PY) bash scripts/demo.sh
 
 # The loda_b16 benchmarks of bench/ (issue 4: export/precision; issue 5: loda-score). Long:
-# about 15-20 minutes each on a 2-core CPU; run them on an otherwise idle machine.
+# about 25 minutes together on a 2-core CPU (README); run them on an otherwise idle machine.
 BENCH_CONFIG ?= loda_b16
 bench: venv
 	$(PY) bench/bench_export.py --config $(BENCH_CONFIG) --out out/bench/export

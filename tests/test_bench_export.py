@@ -11,6 +11,7 @@ import json
 import math
 import sys
 
+import numpy as np
 import pytest
 from conftest import ROOT, run_bench
 from test_export_onnx import micro_export
@@ -107,3 +108,42 @@ def test_bench_export_usage_error():
     proc = run_bench("bench_export.py", "--onnx", "model.onnx")
     assert proc.returncode == 2
     assert "--onnx needs the --checkpoint" in proc.stderr
+
+
+def test_goals_are_judged_at_their_thresholds_the_right_way_round():
+    """judge_goals on made-up rows: x eager is variant / eager, >= passes, < misses."""
+    bench_export = _load_script()
+
+    def rows(fp32_x, int8_x, fp32_crops_per_s):
+        return {
+            "ort-fp32": {"x_eager": fp32_x, "crops_per_s": fp32_crops_per_s},
+            "ort-int8-cpu": {"x_eager": int8_x},
+        }
+
+    goals = bench_export.judge_goals(rows(1.40, 2.50, 8.5), limit=10.0, nominal_limit=None)
+    assert [g["passed"] for g in goals] == [True, True, True]
+    goals = bench_export.judge_goals(rows(1.39, 2.49, 8.49), limit=10.0, nominal_limit=9.0)
+    assert [g["passed"] for g in goals] == [False, False, False]
+    assert goals[1]["value"] == pytest.approx(0.849)
+    assert goals[1]["value_at_nominal_flops"] == pytest.approx(8.49 / 9.0)
+    goals = bench_export.judge_goals({}, limit=10.0, nominal_limit=None)
+    assert [g["passed"] for g in goals] == [None, None, None]
+
+
+def test_variants_warm_up_first_then_rotate_rounds():
+    bench_export = _load_script()
+    bench_export.SETTLE_SECONDS = 0
+    calls = []
+
+    def runner(name):
+        return lambda batch: calls.append((name, len(batch))) or np.zeros(len(batch))
+
+    batches = [np.zeros((3, 1)), np.zeros((2, 1))]
+    seconds, scores = bench_export.time_variants(
+        {"a": runner("a"), "b": runner("b")}, batches, warmup=1, repeats=2
+    )
+    warm, timed = calls[:2], calls[2:]
+    assert warm == [("a", 3), ("b", 3)]  # every variant once before any timing
+    assert [n for n, _ in timed] == ["a", "a", "b", "b", "b", "b", "a", "a"]  # order rotates
+    assert {k: len(v) for k, v in seconds.items()} == {"a": 2, "b": 2}
+    assert scores["a"].shape == (5,)

@@ -66,7 +66,7 @@ def test_bench_score_quick_micro(tmp_path_factory, tmp_path):
         assert all(positive(s["images_per_s"]) for s in f["scaling"])
 
     m = result["memory"]
-    assert m["config"] == "loda_micro" and [r["images"] for r in m["runs"]] == [1, 4]
+    assert m["config"] == "loda_micro" and [r["images"] for r in m["runs"]] == [1, 1, 4]
     for r in m["runs"]:
         assert positive(r["peak_rss_sum_mb"]) and positive(r["peak_pss_sum_mb"])
         assert r["processes"] >= 2  # loda-score and at least its worker
@@ -116,3 +116,37 @@ def test_bench_score_other_precision_is_measured_not_judged(tmp_path_factory, tm
     assert "ONNX graph fp16" in proc.stdout and "PASS" not in proc.stdout
     rows = {r["name"]: r for r in result["throughput"]["ways"]}
     assert rows["inference"]["max_abs_vs_torch_loop"] < 0.05  # FP16 rounding, same model
+
+
+def _load_bench_score():
+    import importlib.util
+    import sys
+
+    from conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("bench_score", ROOT / "bench" / "bench_score.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_score"] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_overhead_and_goal_verdicts():
+    bench_score = _load_bench_score()
+    assert bench_score.overhead(105.0, 100.0) == pytest.approx(0.05)  # 5% longer than inference
+    assert bench_score.overhead(100.0, 100.0) == 0
+    within = bench_score._goal("g", 0.05, 0.05, "5%", higher_is_better=False)
+    over = bench_score._goal("g", 0.0501, 0.05, "5.01%", higher_is_better=False)
+    assert within["passed"] is True and over["passed"] is False
+    assert bench_score._goal("x", 1.4, 1.4, "1.4x")["passed"] is True
+    assert bench_score._goal("x", 1.39, 1.4, "1.39x")["passed"] is False
+
+
+def test_ways_rotate_their_order_every_round():
+    bench_score = _load_bench_score()
+    calls = []
+    runners = {name: (lambda n=name: calls.append(n) or n) for name in ("a", "b", "c")}
+    seconds, results = bench_score.time_ways(runners, repeats=3, settle=0)
+    assert calls == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
+    assert {k: len(v) for k, v in seconds.items()} == {"a": 3, "b": 3, "c": 3}
+    assert results == {"a": "a", "b": "b", "c": "c"}
