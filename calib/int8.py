@@ -84,6 +84,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from loda.atomic import check_not_an_input
 from loda.errors import LodaError, first_line
 
 if TYPE_CHECKING:
@@ -819,6 +820,7 @@ def quantize_onnx_int8(
         verify=verify,
         log=log,
     )
+    check_not_an_input(output_path, [i.source for i in (*calib, *held)], "an image it reads")
     model, metadata = _read_fp32_model(onnx_path)
     cfg = CheckpointMeta.from_json(metadata["loda"]).preprocess
     source_sha = sha256_file(onnx_path)

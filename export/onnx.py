@@ -55,7 +55,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from loda.atomic import write_bytes_atomic
+from loda.atomic import check_not_an_input, write_bytes_atomic
 from loda.errors import LodaError
 from loda.preprocess import PreprocessConfig
 from loda.runtime.inputs import (  # one list of suffixes for every image reader
@@ -730,6 +730,7 @@ def export_onnx(
     _check_checkpoint(checkpoint_path)
     if output_path.is_dir():
         raise ExportError(f"output {output_path} is a directory; name a .onnx file")
+    check_not_an_input(output_path, [checkpoint_path], "the checkpoint")
     output_path.parent.mkdir(parents=True, exist_ok=True)
 
     from loda.checkpoint import load_checkpoint
@@ -827,9 +828,16 @@ def verify_onnx_against_checkpoint(
         proto = onnx.load(str(onnx_path), load_external_data=False)
     except Exception as exc:  # protobuf DecodeError and friends
         raise ExportError(f"{onnx_path} is not an ONNX model: {type(exc).__name__}") from None
-    if "loda" not in read_onnx_metadata(proto, source=onnx_path):
+    onnx_meta = read_onnx_metadata(proto, source=onnx_path)
+    if "loda" not in onnx_meta:
         raise ExportError(
             f"{onnx_path} has no LoDa metadata (metadata_props 'loda'): not made by loda-export"
+        )
+    precision = onnx_meta.get("loda.precision", "fp32")
+    if precision != "fp32":
+        raise ExportError(
+            f"{onnx_path} is an {precision} graph; loda-export verify checks FP32 exports to "
+            f"1e-4 (compare {precision} graphs with PyTorch using loda-parity)"
         )
     from loda.checkpoint import load_checkpoint
 

@@ -69,6 +69,5 @@ def torch_load_weights_only(path, error: type[LodaError], what: str):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle errors come in many types; one line for the user
-        raise error(
-            f"cannot read {path} as a weights-only torch {what}: {first_line(exc)}"
-        ) from None
+        detail = f"{type(exc).__name__}: {first_line(exc)}"  # a bare "101" needs its type
+        raise error(f"cannot read {path} as a weights-only torch {what}: {detail}") from None

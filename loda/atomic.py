@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path", "write_bytes_atomic"]
+__all__ = ["atomic_path", "check_not_an_input", "write_bytes_atomic"]
 
 
 @contextlib.contextmanager
@@ -29,3 +29,20 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> int:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
     return len(data)
+
+
+def check_not_an_input(
+    output: str | os.PathLike, inputs: Iterable[str | os.PathLike | object], what: str
+) -> None:
+    """Raise :class:`loda.errors.LodaError` when ``output`` is one of the existing files in
+    ``inputs`` (non-path items are ignored): a run must never replace what it reads."""
+    from .errors import LodaError
+
+    out = Path(output)
+    if not out.is_file():
+        return
+    for item in inputs:
+        if isinstance(item, str | os.PathLike):
+            with contextlib.suppress(OSError):
+                if Path(item).is_file() and out.samefile(item):
+                    raise LodaError(f"output {output} would overwrite {what} {item}")

@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from ._state import check_state_dict, load_checked, torch_load_weights_only
 from .atomic import atomic_path
-from .errors import CheckpointError
+from .errors import CheckpointError, first_line
 from .metadata import (
     METADATA_KEY,
     Calibration,
@@ -69,8 +69,11 @@ def save_checkpoint(
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata={METADATA_KEY: meta.to_json(), "format": "pt"})
+    try:
+        with atomic_path(path) as tmp:
+            save_file(state, str(tmp), metadata={METADATA_KEY: meta.to_json(), "format": "pt"})
+    except SafetensorError as exc:  # its I/O errors are not OSErrors
+        raise CheckpointError(f"cannot write {path}: {first_line(exc)}") from None
     return meta
 
 

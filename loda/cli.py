@@ -38,7 +38,9 @@ def configs_cmd() -> None:
 @click.option("--pretrained", is_flag=True, help="Backbones from files or the HF cache (required).")
 @click.option("--vit-weights", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--cnn-weights", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for random init.")
+@click.option(
+    "--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed for random init."
+)
 def create_cmd(config, output, pretrained, vit_weights, cnn_weights, seed) -> None:
     """Build CONFIG and save it as a LoDa checkpoint (random-init unless --pretrained)."""
     import torch
@@ -98,7 +100,13 @@ def info_cmd(checkpoint) -> None:
     default=None,
     help="Crop layout (default: the checkpoint's).",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random layout.")
+@click.option(
+    "--seed",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Seed of the random layout.",
+)
 def predict_cmd(checkpoint, images, layout, seed) -> None:
     """Score IMAGES with the PyTorch reference; CSV (path, score, spread[, mos]) on stdout."""
     import dataclasses

@@ -15,8 +15,10 @@ from .errors import LodaError, first_line
 
 __all__ = ["USER_ERRORS", "run"]
 
-# Errors caused by the user's input. Anything else is a bug and keeps its traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (LodaError, FileNotFoundError, PermissionError)
+# Errors caused by the user's input. Anything else is a bug and keeps its traceback. OSError:
+# a path the user named cannot be read or written (missing, a file where a folder must be,
+# read-only, a full disk...).
+USER_ERRORS: tuple[type[BaseException], ...] = (LodaError, OSError)
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -37,6 +39,14 @@ def run(command: Callable[..., object], *, prog_name: str) -> None:
         exc.show()
         sys.exit(exc.exit_code)
     except _user_errors() as exc:
-        click.echo(f"{prog_name}: error: {first_line(exc)}", err=True)
+        click.echo(f"{prog_name}: error: {_message(exc)}", err=True)
         sys.exit(1)
     sys.exit(0)
+
+
+def _message(exc: BaseException) -> str:
+    """One line; an OSError names its path and the system's reason ("x/y.onnx: Not a
+    directory") rather than Python's "[Errno 20] ..." form."""
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        return f"cannot use {exc.filename}: {exc.strerror}"
+    return first_line(exc)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from .atomic import atomic_path
+from .atomic import atomic_path, check_not_an_input
 from .clitools import run
 from .errors import LodaError
 
@@ -95,6 +95,14 @@ def pack_cmd(
     from .datasets import read_dataset
     from .splits import Splits
 
+    ctx = click.get_current_context()
+    given = [
+        f"--{name.replace('_index', '')}"
+        for name in ("split_index", "subset")
+        if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE
+    ]
+    if given and splits_path is None:
+        raise click.UsageError(f"{' and '.join(given)} need(s) --splits")
     dataset = read_dataset("csv", csv_path)
     samples = dataset.samples
     what = f"all {len(samples)} images"
@@ -104,6 +112,7 @@ def pack_cmd(
         what = f"the {subset} images of split {split_index} ({len(samples)} images)"
     if not samples:
         raise click.UsageError("nothing to pack: the selection is empty")
+    check_not_an_input(output, [csv_path, *(s.path for s in dataset.samples)], "an input")
     output.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(output) as tmp, tarfile.open(tmp, "w") as tf:
         for sample in samples:

@@ -505,6 +505,9 @@ def _resolve_references(references: list[str] | tuple[str, ...] | None) -> list[
     return refs
 
 
+MAX_SIDE = 4096  # the photographs are about 512 px: larger only upsamples (and takes long)
+
+
 def make_demo_set(
     out_dir: str | os.PathLike[str],
     seed: int = 0,
@@ -528,6 +531,8 @@ def make_demo_set(
         raise DemoDataError(f"size must be (width, height), got {size!r}") from None
     if width < 32 or height < 32:
         raise DemoDataError(f"size must be at least 32x32, got {width}x{height}")
+    if width > MAX_SIDE or height > MAX_SIDE:
+        raise DemoDataError(f"size must be at most {MAX_SIDE}x{MAX_SIDE}, got {width}x{height}")
     refs = _resolve_references(references)
     out = Path(out_dir)
     _check_target(out, force)

@@ -51,6 +51,12 @@ def parse_data_spec(spec: str):
         if match:
             root = root[: match.start()]
             options = dict(pair.split("=", 1) for pair in match.group(1).split("&"))
+        elif "?" in root and not Path(root).exists():
+            raise click.BadParameter(
+                f"{spec!r}: reader options are KIND:ROOT?KEY=VALUE[&KEY=VALUE]", param_hint="--data"
+            )
+        if not root:
+            raise click.BadParameter(f"{spec!r}: no ROOT after {kind}:", param_hint="--data")
         return kind, read_dataset(kind, root, **options)
     if spec.endswith(".csv") or Path(spec).is_dir():
         return "csv", read_dataset("csv", spec)
@@ -96,7 +102,9 @@ def train_options(f):
             default=None,
             help="Accumulate gradients over batch-size/micro-batch steps.",
         ),
-        click.option("--lr", type=float, default=3e-4, show_default=True),
+        click.option(
+            "--lr", type=click.FloatRange(min=0, min_open=True), default=3e-4, show_default=True
+        ),
         click.option("--backbone-lr", type=float, default=None),
         click.option("--weight-decay", type=float, default=0.01, show_default=True),
         click.option(
@@ -432,6 +440,12 @@ def eval_cmd(
             "give a CHECKPOINT (or --splits K --out DIR to train and evaluate K splits)"
         )
     _kind, dataset = parse_data_spec(data_spec)
+    if output is not None:
+        from .atomic import check_not_an_input
+
+        data_file = data_spec.partition("?")[0].rpartition(":")[2]
+        inputs = [data_file, *(s.path for s in dataset.samples)]
+        check_not_an_input(output, inputs, "an input of the evaluation")
     samples = dataset.samples
     if split_index is not None:
         if split_file is None:

@@ -86,7 +86,9 @@ def _shard(_ctx: click.Context, _param: click.Parameter, value: str | None) -> A
 @click.option(
     "--device", default="auto", show_default=True, help="auto, cpu or cuda (backend-dependent)."
 )
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="Inference threads.")
+@click.option(
+    "--threads", type=click.IntRange(1, 256), default=None, help="Inference threads (1-256)."
+)
 @click.option(
     "--precision",
     type=click.Choice(["fp32", "fp16", "bf16"]),
@@ -94,9 +96,17 @@ def _shard(_ctx: click.Context, _param: click.Parameter, value: str | None) -> A
     help="torch backend only: fp32 (default) or fp16/bf16 autocast on CUDA. ONNX and engine "
     "files carry their precision in the graph.",
 )
-@click.option("--crops", type=click.IntRange(min=1), default=None, help="Crops per image (15).")
+@click.option(
+    "--crops", type=click.IntRange(1, 1000), default=None, help="Crops per image (15; 1-1000)."
+)
 @click.option("--layout", type=click.Choice(LAYOUTS), default=None, help="Crop layout (grid).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of --layout random.")
+@click.option(
+    "--seed",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Seed of --layout random.",
+)
 @click.option(
     "-j",
     "--jobs",
@@ -171,6 +181,9 @@ def score_command(
             raise click.UsageError(
                 f"--output {output} exists: pass --resume to continue it or --overwrite"
             )
+        from loda.atomic import check_not_an_input
+
+        check_not_an_input(out_path, [*inputs, str(model)], "an input")
     try:
         check_specs(list(inputs))
     except InputError as exc:

@@ -84,7 +84,7 @@ def backend_for_path(path: str | os.PathLike) -> str:
     if suffix not in _SUFFIX_BACKEND:
         raise BackendError(
             f"cannot tell the backend of {path}: expected "
-            f"{', '.join(sorted(_SUFFIX_BACKEND))} (or name one with --backend)"
+            f"{', '.join(sorted(_SUFFIX_BACKEND))} (loda-score: or name one with --backend)"
         )
     return _SUFFIX_BACKEND[suffix]
 
