@@ -12,6 +12,7 @@ from collections.abc import Callable
 import click
 
 from .errors import LodaError, first_line
+from .launch import missing_extra_message
 
 __all__ = ["USER_ERRORS", "run"]
 
@@ -40,6 +41,12 @@ def run(command: Callable[..., object], *, prog_name: str) -> None:
         sys.exit(exc.exit_code)
     except _user_errors() as exc:
         click.echo(f"{prog_name}: error: {_message(exc)}", err=True)
+        sys.exit(1)
+    except ModuleNotFoundError as exc:  # an optional dependency imported inside a command
+        message = missing_extra_message(exc)
+        if message is None:
+            raise
+        click.echo(f"{prog_name}: error: {message}", err=True)
         sys.exit(1)
     sys.exit(0)
 
