@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
-EXTRAS ?= cpu,dev
+EXTRAS ?= cpu,dev,rtx
 DEMO_DIR ?= out/demo
 PYTEST_ARGS ?=
 comma := ,

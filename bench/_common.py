@@ -65,7 +65,7 @@ def machine_description(threads: int | None = None) -> dict[str, Any]:
     """CPU model, ISA flags, cores, memory, versions and git commit (``threads`` when given)."""
     import torch
 
-    from loda.export.onnx import tool_versions
+    from loda.artifacts import tool_versions
     from loda.metadata import git_commit
 
     cpu_model, flags = None, set()
@@ -123,7 +123,7 @@ class Artifacts:
         return str(path.relative_to(self.path.parent))
 
     def reusable(self, path: Path, inputs: dict[str, Any]) -> bool:
-        from loda.export.onnx import sha256_file
+        from loda.artifacts import sha256_file
 
         record = self.records.get(self.key(path))
         if not path.is_file() or not record or record.get("inputs") != inputs:
@@ -132,7 +132,7 @@ class Artifacts:
 
     def ensure(self, path: Path, inputs: dict[str, Any], build: Callable[[], None]) -> str:
         """Build ``path`` unless the recorded one still fits ``inputs``; return its sha256."""
-        from loda.export.onnx import sha256_file
+        from loda.artifacts import sha256_file
 
         key = self.key(path)
         t0 = time.perf_counter()
@@ -181,7 +181,7 @@ def check_onnx_source(
     checkpoint with ``checkpoint_sha``; return its precision."""
     import onnx
 
-    from loda.export.onnx import read_onnx_metadata
+    from loda.artifacts import read_onnx_metadata
 
     if not path.is_file():
         raise BenchError(f"no ONNX file at {path}")

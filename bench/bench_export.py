@@ -49,6 +49,8 @@ import _common
 from _common import Artifacts, BenchError, log
 from sgemm import DEFAULT_SIZES, measure_sgemm_peak, thread_limits
 
+from loda.compare import Bound, ScoreStats, Tolerance, compare_scores, judge
+
 SCHEMA = 1
 DEFAULT_OUT = Path("out/bench/export")
 DEFAULT_CROPS = 30
@@ -111,7 +113,7 @@ def _peak_rss_gb() -> float | None:
 
 def check_given_onnx(path: Path, checkpoint_sha: str) -> str:
     """The sha256 of ``path`` after checking that it is the FP32 export of the checkpoint."""
-    from loda.export.onnx import sha256_file
+    from loda.artifacts import sha256_file
 
     _common.check_onnx_source(path, checkpoint_sha)
     log(f"using {path} (exported from this checkpoint)")
@@ -317,45 +319,38 @@ def time_variants(
     return seconds, scores
 
 
-def _spearman(a: np.ndarray, b: np.ndarray) -> float | None:
-    from loda.metrics import MetricError, srcc
-
-    try:
-        return float(srcc(a, b))
-    except MetricError:
-        return None  # fewer than 4 values, constant or non-finite scores
+def parity(scores: np.ndarray, reference: np.ndarray, crops_per_image: int) -> ScoreStats:
+    """A variant's crop scores against eager's (a trailing partial image is left out of the
+    per-image Spearman)."""
+    return compare_scores(scores, reference, crops_per_image=crops_per_image)
 
 
-def parity(scores: np.ndarray, reference: np.ndarray, crops_per_image: int) -> dict[str, Any]:
-    finite = np.isfinite(scores)
-    d = np.where(finite, np.abs(scores - reference), np.inf)
-    n_img = len(scores) // crops_per_image
-    cut = n_img * crops_per_image
-    img = scores[:cut].reshape(n_img, crops_per_image).mean(axis=1)
-    ref_img = reference[:cut].reshape(n_img, crops_per_image).mean(axis=1)
+def parity_record(stats: ScoreStats) -> dict[str, Any]:
     return {
-        "n_crops": len(scores),
-        "n_images": n_img,
-        "max_abs": float(d.max()),
-        "mean_abs": float(d[np.isfinite(d)].mean()) if np.isfinite(d).any() else math.inf,
-        "n_nonfinite": int((~finite).sum()),
-        "spearman_crops": _spearman(scores, reference),
-        "spearman_images": _spearman(img, ref_img),
+        "n_crops": stats.n_crops,
+        "n_images": stats.n_images,
+        "max_abs": stats.max_abs_crop,
+        "mean_abs": stats.mean_abs_crop,
+        "n_nonfinite": stats.nonfinite_candidate,
+        "spearman_crops": stats.spearman_crops,
+        "spearman_images": stats.spearman_images,
     }
 
 
-def parity_verdict(variant: Variant, p: dict[str, Any]) -> str:
-    if p["n_nonfinite"]:
+def parity_verdict(variant: Variant, stats: ScoreStats) -> str:
+    """The variant's parity goal on crops: max |d| (``WRONG``) or Spearman (``LOW``)."""
+    if stats.nonfinite_candidate:
         return "WRONG (inf/NaN)"
     if variant.max_abs_goal is not None:
-        return (
-            "ok" if p["max_abs"] <= variant.max_abs_goal else f"WRONG (> {variant.max_abs_goal:g})"
-        )
+        bound = Bound(variant.max_abs_goal)
+        verdict = judge(stats, Tolerance(variant.precision, max_abs_dscore_crop=bound))
+        return "ok" if verdict.passed else f"WRONG (> {variant.max_abs_goal:g})"
     if variant.spearman_goal is not None:
-        rho = p["spearman_crops"]
-        if rho is None:
+        bound = Bound(variant.spearman_goal, at_least=True)
+        verdict = judge(stats, Tolerance(variant.precision, spearman_crops=bound))
+        if verdict.undefined:
             return "n/a"
-        return "ok" if rho >= variant.spearman_goal else f"LOW (rho < {variant.spearman_goal})"
+        return "ok" if verdict.passed else f"LOW (rho < {variant.spearman_goal})"
     return "-"
 
 
@@ -683,7 +678,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "x_eager": rate / eager_rate,
                 "gflops": rate * gflop,
                 "pct_of_sgemm_peak": 100 * rate * gflop / sgemm["peak_gflops"],
-                "parity": p,
+                "parity": None if p is None else parity_record(p),
                 "parity_verdict": "reference" if p is None else parity_verdict(v, p),
             }
         )

@@ -137,7 +137,7 @@ def model_from_onnx(path: Path) -> Model:
     """A model known only by its ONNX file (its LoDa record travels in the metadata)."""
     import onnx
 
-    from loda.export.onnx import read_onnx_metadata
+    from loda.artifacts import read_onnx_metadata
     from loda.metadata import CheckpointMeta
 
     if not path.is_file():
@@ -626,7 +626,7 @@ def run_decode(args: argparse.Namespace, model: Model, out: Path) -> dict[str, A
     def through(pool: DecodePool, files: list[Path]) -> None:
         futures = [pool.submit(str(f), str(f), None) for f in files]
         for future in futures:
-            crops, _, _, error = future.result()
+            crops, _, _, error, _cpu_seconds = future.result()
             assert error is None and crops.shape[0] == cfg.num_crops, error
 
     pooled: dict[str, dict[int, list[float]]] = {f.name: {} for f in FORMATS}

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Make out/gpu_bundle (demo images + manifest, optionally a small trained checkpoint) for
-# bench/gpu_check.sh on a GPU machine that has no scikit-image/scikit-learn. Run it HERE.
+# Make out/gpu_bundle (demo images + manifest, optionally a small trained checkpoint, loda's wheel
+# and the small dependency wheels) for bench/gpu_check.sh on a GPU machine without network or
+# scikit-image/scikit-learn. Run it HERE (the wheels come from PyPI; --no-download: loda's only).
 #   bash bench/gpu_bundle.sh [--checkpoint out/demo/train/model.safetensors] [--n 40]
 # Builds the demo set first (out/demoset, 30-40 s) when it is missing.
 set -euo pipefail

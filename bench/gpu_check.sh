@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
 # The LoDa GPU check: one JSON report (parity, crops/s, decode speed; TensorRT when importable).
-# Runs from a plain copy of the source tree (repository root), with only torch (CUDA), timm,
-# onnx, onnxruntime, numpy and Pillow installed. Make out/gpu_bundle first (bench/gpu_bundle.sh).
+# Runs on a machine with torch (CUDA), timm, onnx, onnxruntime, numpy and Pillow and no network,
+# from a copy of the repository: make out/gpu_bundle HERE first (bash bench/gpu_bundle.sh). This
+# installs the bundle's loda wheel (and the bundled dependencies the machine lacks) offline into
+# a temporary folder put on PYTHONPATH (bench/gpu_install.py; the machine's own packages are not
+# touched), then runs bench/gpu_check.py with that INSTALLED package.
 #   bash bench/gpu_check.sh [--out PATH] [more bench/gpu_check.py options]
 #   PY=/path/to/python bash bench/gpu_check.sh ...        (default: python3)
+#   GPU_CHECK_WHEELS=DIR (default out/gpu_bundle/wheels); GPU_CHECK_INSTALL=0: use the loda
+#   that $PY already imports (no install)
 # A hard `timeout 470` guards the run; the report is rewritten after every section, so a killed
 # run still leaves one. Exit status: 0 when a report was written, 1 when none could be.
 set -euo pipefail
@@ -31,6 +36,18 @@ while [ $# -gt 0 ]; do
 done
 mkdir -p "$(dirname "$REPORT")"
 rm -f "$REPORT"
+
+if [ "${GPU_CHECK_INSTALL:-1}" != 0 ]; then
+  WHEELS=${GPU_CHECK_WHEELS:-out/gpu_bundle/wheels}
+  SITE=$(mktemp -d "${TMPDIR:-/tmp}/loda_gpu_site.XXXXXX")
+  trap 'rm -rf "$SITE"' EXIT
+  if ! record=$("$PY" bench/gpu_install.py --wheels "$WHEELS" --target "$SITE"); then
+    echo "gpu_check: no report written (installing loda from $WHEELS failed)" >&2
+    exit 1
+  fi
+  export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
+  export GPU_CHECK_INSTALL_RECORD=$record
+fi
 
 runner=()
 if command -v timeout >/dev/null 2>&1; then

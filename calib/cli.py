@@ -153,7 +153,7 @@ def int8_command(
         raise LodaError(_NO_IMAGES)
     dataset = None
     if data_spec is not None:
-        from loda.train_cli import parse_data_spec
+        from loda.clitools import parse_data_spec
 
         _, dataset = parse_data_spec(data_spec)
     if output is None:

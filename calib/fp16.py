@@ -13,9 +13,8 @@ of :mod:`loda.export.onnx` into one:
   which is < 0.01 % of the FLOPs);
 - graph input and output unchanged: uint8 ``crops`` in, float32 ``score`` out.
 
-Converter: NVIDIA ModelOpt AutoCast (``modelopt.onnx.autocast``) when it is importable, with
-``keep_io_types=True`` and the FP32 lists above as ``op_types_to_exclude`` / ``nodes_to_exclude``;
-otherwise onnxconverter-common's ``float16.convert_float_to_float16`` with
+Converter: onnxconverter-common's ``float16.convert_float_to_float16`` (the one FP16 path: it
+runs and is tested here; ModelOpt AutoCast was an untested alternative and was removed) with
 ``keep_io_types=True`` and ``op_block_list = DEFAULT_OP_BLOCK_LIST + FP32_OP_TYPES`` (the
 argument replaces the default list) plus the two FP32 regions as ``node_block_list``. Its known
 traps are handled here: ``Constant`` nodes become initializers and initializers shared between
@@ -33,18 +32,13 @@ max and mean |d score| per crop; any inf/NaN fails. Written to ``metadata_props`
 from __future__ import annotations
 
 import contextlib
-import importlib.util
-import json
 import os
-import re
 import sys
-import tempfile
 import time
 import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -52,11 +46,12 @@ import numpy as np
 from loda.errors import LodaError, first_line
 
 from .graph_stats import GEMM_OPS, gemm_stats
+from .verify import spearman_problems
 
 if TYPE_CHECKING:
     import onnx
 
-    from loda.export.onnx import VerificationImages
+    from loda.sources import VerificationImages
 
 __all__ = [
     "DEFAULT_FP16_VERIFY_IMAGES",
@@ -446,29 +441,6 @@ def _is_overflow_clamp(message: str) -> bool:
         return False
 
 
-def _convert_autocast(model: onnx.ModelProto, blocked: set[str]) -> onnx.ModelProto:
-    import onnx
-    from modelopt.onnx.autocast import convert_to_mixed_precision
-
-    with tempfile.TemporaryDirectory(prefix="loda-autocast-") as tmp:
-        path = Path(tmp) / "fp32.onnx"
-        onnx.save(model, str(path))
-        return convert_to_mixed_precision(
-            onnx_path=str(path),
-            low_precision_type="fp16",
-            nodes_to_exclude=[f"^{re.escape(n)}$" for n in sorted(blocked)],
-            op_types_to_exclude=list(FP32_OP_TYPES),
-            keep_io_types=True,
-        )
-
-
-def _autocast_available() -> bool:
-    try:
-        return importlib.util.find_spec("modelopt.onnx.autocast") is not None
-    except (ImportError, ValueError):
-        return False
-
-
 def _kept_fp32(model: onnx.ModelProto) -> dict[str, int]:
     """Op types (other than Cast) whose outputs stay FP32, with their counts."""
     import onnx
@@ -494,78 +466,21 @@ def compare_fp16(
     images: VerificationImages,
 ) -> dict[str, Any]:
     """Score ``images`` with both models in ONNX Runtime (CPU); per-crop and per-image stats."""
-    from loda.export.onnx import ort_scores, ort_session
-    from loda.metrics import srcc
+    from .verify import compare_graphs, verification_numbers
 
-    s32, s16 = ort_session(fp32_model), ort_session(fp16_model)
-    img32, img16, diffs, nonfinite, worst = [], [], [], 0, (-1.0, "")
-    for name, crops in zip(images.names, images.crops, strict=True):
-        a = ort_scores(s32, crops).astype(np.float64)
-        b = ort_scores(s16, crops).astype(np.float64)
-        finite = np.isfinite(b)
-        nonfinite += int((~finite).sum()) + int((~np.isfinite(a)).sum())
-        d = np.where(finite, np.abs(a - b), np.inf)
-        diffs.append(d)
-        worst = max(worst, (float(d.max()), name))
-        img32.append(a.mean())
-        img16.append(b.mean())
-    d_all = np.concatenate(diffs)
-    spearman = float("nan")
-    if nonfinite == 0 and len(img32) >= MIN_VERIFY_IMAGES:
-        spearman = srcc(img16, img32)
-    return {
-        "n_images": len(images.names),
-        "n_crops": int(d_all.size),
-        "spearman": spearman,
-        "max_abs": float(d_all.max()),
-        "mean_abs": float(d_all[np.isfinite(d_all)].mean()) if np.isfinite(d_all).any() else np.inf,
-        "n_nonfinite": nonfinite,
-        "worst_image": f"{worst[1]} (max |d| {worst[0]:.3e})",
-    }
+    stats = compare_graphs(fp32_model, fp16_model, images)
+    return verification_numbers(stats, MIN_VERIFY_IMAGES)
 
 
-def convert_onnx_fp16(
-    model: onnx.ModelProto,
-    *,
-    images: VerificationImages | None = None,
-    fp32_model: str | os.PathLike | bytes | None = None,
-    converter: str = "auto",
-    min_share: float = MIN_FP16_SHARE,
-    min_spearman: float = MIN_SPEARMAN,
-    log: Log | None = None,
-) -> tuple[onnx.ModelProto, Fp16Report]:
-    """Convert the FP32 LoDa graph ``model`` to a strongly typed FP16 graph and check it.
+CONVERTER = "onnxconverter-common"
 
-    ``converter``: ``"auto"`` (AutoCast when importable, else onnxconverter-common),
-    ``"autocast"`` or ``"onnxconverter-common"``. With ``images`` the FP16 model is compared
-    with ``fp32_model`` (default: ``model``) in ONNX Runtime. Raises :class:`Fp16Error` (with
-    the report as ``.report``) when a check fails.
-    """
+
+def _convert(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+    """The FP16 graph of ``model`` (FP32 regions and graph I/O types kept), checked by
+    onnx.checker and against the LoDa interface; and the number of clamped initializers."""
     import onnx
 
-    from loda.export.onnx import (
-        check_exported_graph,
-        ort_session,
-        read_onnx_metadata,
-        set_metadata,
-        tool_versions,
-    )
-
-    log = log or (lambda _m: None)
-    start = time.perf_counter()
-    if converter == "auto":
-        converter = "autocast" if _autocast_available() else "onnxconverter-common"
-    if converter not in ("autocast", "onnxconverter-common"):
-        raise Fp16Error(f"unknown FP16 converter {converter!r}")
-    if any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer):
-        raise Fp16Error("the model already holds FP16 weights; convert the FP32 export")
-    metadata = read_onnx_metadata(model, source="the FP32 model")
-    if images is not None and len(images.names) < MIN_VERIFY_IMAGES:
-        raise Fp16Error(
-            f"FP16 verification needs at least {MIN_VERIFY_IMAGES} images, got "
-            f"{len(images.names)} ({images.source}); pass a folder or archive with more"
-        )
-    fp32_bytes = model.SerializeToString() if fp32_model is None else fp32_model
+    from loda.artifacts import check_exported_graph
 
     work = onnx.ModelProto()
     work.CopyFrom(model)
@@ -577,18 +492,12 @@ def convert_onnx_fp16(
         vi.name: vi.type.tensor_type.elem_type for vi in [*work.graph.input, *work.graph.output]
     }
     crop_size = next(iter(work.graph.input)).type.tensor_type.shape.dim[1].dim_value
-
-    clamped = 0
-    log(f"converting to FP16 with {converter}")
-    if converter == "autocast":
-        converted = _convert_autocast(work, blocked)
-    else:
-        _drop_initializer_value_info(work.graph)
-        _split_shared_initializers(work.graph, blocked, set(FP32_OP_TYPES))
-        # The converter prints nothing useful to stdout; keep stdout for data.
-        with contextlib.redirect_stdout(sys.stderr):
-            converted, clamped = _convert_onnxconverter(work, blocked)
-        _fold_cast_round_trips(converted.graph)
+    _drop_initializer_value_info(work.graph)
+    _split_shared_initializers(work.graph, blocked, set(FP32_OP_TYPES))
+    # The converter prints nothing useful to stdout; keep stdout for data.
+    with contextlib.redirect_stdout(sys.stderr):
+        converted, clamped = _convert_onnxconverter(work, blocked)
+    _fold_cast_round_trips(converted.graph)
     _fix_casts_and_outputs(converted, io_types)
     try:
         onnx.checker.check_model(converted, full_check=True)
@@ -596,10 +505,14 @@ def convert_onnx_fp16(
         first = first_line(exc)
         raise Fp16Error(f"FP16 graph fails onnx.checker: {first}") from None
     check_exported_graph(converted, crop_size=crop_size)  # I/O names, types, dynamic batch
+    return converted, clamped
 
+
+def _fp16_report(converted: onnx.ModelProto, clamped: int, min_share: float) -> Fp16Report:
+    """The FP16 share of GEMM FLOPs and the kept FP32 ops; a failed goal goes to ``checks``."""
     stats = gemm_stats(converted)
     report = Fp16Report(
-        converter=converter,
+        converter=CONVERTER,
         fp16_share=stats.fp16_share,
         gemm_flops=stats.total_flops,
         fp32_kept=_kept_fp32(converted),
@@ -612,6 +525,42 @@ def convert_onnx_fp16(
         report.checks.append(
             f"only {100 * report.fp16_share:.1f}% of GEMM FLOPs in FP16 (goal {min_share:.0%})"
         )
+    return report
+
+
+def convert_onnx_fp16(
+    model: onnx.ModelProto,
+    *,
+    images: VerificationImages | None = None,
+    fp32_model: str | os.PathLike | bytes | None = None,
+    min_share: float = MIN_FP16_SHARE,
+    min_spearman: float = MIN_SPEARMAN,
+    log: Log | None = None,
+) -> tuple[onnx.ModelProto, Fp16Report]:
+    """Convert the FP32 LoDa graph ``model`` to a strongly typed FP16 graph and check it.
+
+    With ``images`` the FP16 model is compared with ``fp32_model`` (default: ``model``) in ONNX
+    Runtime. Raises :class:`Fp16Error` (with the report as ``.report``) when a check fails.
+    """
+    import onnx
+
+    from loda.artifacts import ort_session, read_onnx_metadata, stamp_precision
+
+    log = log or (lambda _m: None)
+    start = time.perf_counter()
+    if any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer):
+        raise Fp16Error("the model already holds FP16 weights; convert the FP32 export")
+    metadata = read_onnx_metadata(model, source="the FP32 model")
+    if images is not None and len(images.names) < MIN_VERIFY_IMAGES:
+        raise Fp16Error(
+            f"FP16 verification needs at least {MIN_VERIFY_IMAGES} images, got "
+            f"{len(images.names)} ({images.source}); pass a folder or archive with more"
+        )
+    fp32_bytes = model.SerializeToString() if fp32_model is None else fp32_model
+
+    log(f"converting to FP16 with {CONVERTER}")
+    converted, clamped = _convert(model)
+    report = _fp16_report(converted, clamped, min_share)
     fp16_bytes = converted.SerializeToString()
     try:
         ort_session(fp16_bytes)
@@ -624,33 +573,12 @@ def convert_onnx_fp16(
     if images is not None:
         log(f"comparing FP16 with FP32 on {images.n_crops} crops of {len(images.names)} images")
         numbers = compare_fp16(fp32_bytes, fp16_bytes, images)
-        report.n_images = numbers["n_images"]
-        report.n_crops = numbers["n_crops"]
-        report.spearman = numbers["spearman"]
-        report.max_abs = numbers["max_abs"]
-        report.mean_abs = numbers["mean_abs"]
-        report.n_nonfinite = numbers["n_nonfinite"]
+        for key in ("n_images", "n_crops", "spearman", "max_abs", "mean_abs", "n_nonfinite"):
+            setattr(report, key, numbers[key])
         report.worst_image = numbers["worst_image"]
-        if report.n_nonfinite:
-            report.checks.append(f"{report.n_nonfinite} inf/NaN scores")
-        elif not report.spearman >= min_spearman:
-            report.checks.append(f"Spearman {report.spearman:.5f} < {min_spearman}")
+        report.checks += spearman_problems(report.n_nonfinite, report.spearman, min_spearman)
     report.seconds = time.perf_counter() - start
     if report.checks:
         raise Fp16Error("FP16 model failed: " + "; ".join(report.checks), report)
-
-    io_record = json.loads(metadata.get("loda.io", "{}") or "{}")
-    if io_record:
-        io_record["precision"] = "fp16"
-    versions = tool_versions(extra=("onnxconverter-common", "nvidia-modelopt"))
-    set_metadata(
-        converted,
-        {
-            "loda.precision": "fp16",
-            "loda.fp16": json.dumps(report.to_dict(), sort_keys=True),
-            "loda.tool_versions": json.dumps(versions, sort_keys=True),
-            **({"loda.io": json.dumps(io_record, sort_keys=True)} if io_record else {}),
-        },
-    )
-    converted.doc_string = model.doc_string
+    stamp_precision(converted, model, metadata, "fp16", report.to_dict(), tools=(CONVERTER,))
     return converted, report

@@ -70,7 +70,6 @@ of GEMM FLOPs, verification numbers); the ``loda`` record and the rest are carri
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import re
@@ -84,14 +83,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from loda.atomic import check_not_an_input
+from loda.atomic import check_not_an_input, write_bytes_atomic
+from loda.compare import spread_indices
 from loda.errors import LodaError, first_line
+
+from .verify import spearman_problems
 
 if TYPE_CHECKING:
     import onnx
 
-    from loda.export.onnx import VerificationImages
     from loda.preprocess import PreprocessConfig
+    from loda.sources import VerificationImages
 
     from .graph_stats import GemmStats
 
@@ -228,18 +230,17 @@ def _image_candidates(
     """Images of a folder (recursive; a demo set through its CSV, with MOS), an archive (the
     ``n_wanted`` members spread over the sorted names; with MOS from the manifest ``loda-data
     pack`` writes beside it) or one image file."""
-    from loda.export.onnx import (
+    from loda.sources import (
         ARCHIVE_SUFFIXES,
         IMAGE_SUFFIXES,
         _folder_images,
         _is_archive,
         _read_archive,
+        read_manifest_mos,
     )
 
     root = Path(images)
     if _is_archive(root):
-        from loda.data_cli import read_manifest_mos
-
         members = _read_archive(root, n_wanted)
         mos = read_manifest_mos(root)  # written by loda-data pack
         return str(root), [CalibrationImage(name, data, mos.get(name)) for name, data in members]
@@ -295,8 +296,6 @@ def select_images(
     too small for both, the split is logged: at least :data:`MIN_VERIFY_IMAGES` images are held
     out and the rest calibrates. Returns ``(calib_source, calib, verify_source, verify)``.
     """
-    from loda.export.onnx import _spread
-
     log = log or (lambda _m: None)
     if n_calib < 1:
         raise Int8Error(f"calibration needs at least 1 image, got {n_calib}")
@@ -312,10 +311,10 @@ def select_images(
         raise Int8Error(
             f"no images in {source}: INT8 calibration needs real images (never random data)"
         )
-    chosen = [candidates[i] for i in _spread(len(candidates), n_wanted)]
+    chosen = [candidates[i] for i in spread_indices(len(candidates), n_wanted)]
 
     if not split_here:
-        calib = [chosen[i] for i in _spread(len(chosen), n_calib)]
+        calib = [chosen[i] for i in spread_indices(len(chosen), n_calib)]
         held: list[CalibrationImage] = []
         verify_source = ""
         if verify:
@@ -327,7 +326,7 @@ def select_images(
                     f"--verify-images {verify_images}: {len(vcands)} images not used for "
                     f"calibration; verification needs at least {MIN_VERIFY_IMAGES}"
                 )
-            held = [vcands[i] for i in _spread(len(vcands), n_verify)]
+            held = [vcands[i] for i in spread_indices(len(vcands), n_verify)]
         return source, calib, verify_source, held
 
     total = len(chosen)
@@ -347,7 +346,7 @@ def select_images(
         )
     else:
         n_c = n_calib
-    calib_idx = set(_spread(total, n_c))
+    calib_idx = set(spread_indices(total, n_c))
     calib = [c for i, c in enumerate(chosen) if i in calib_idx]
     held = [c for i, c in enumerate(chosen) if i not in calib_idx]
     return source, calib, source, held
@@ -409,8 +408,8 @@ class CropReader:
 def _load_crops(
     images: Sequence[CalibrationImage], cfg: PreprocessConfig, source: str
 ) -> VerificationImages:
-    from loda.export.onnx import VerificationImages
     from loda.preprocess import preprocess_image
+    from loda.sources import VerificationImages
 
     return VerificationImages(
         source,
@@ -672,42 +671,20 @@ def compare_int8(
     max/mean |d|, the inf/NaN count, the worst image, the image scores, and SRCC vs ``mos``
     for both graphs when every image has a MOS.
     """
-    from loda.export.onnx import ort_scores, ort_session
-    from loda.metrics import srcc
+    from .verify import compare_graphs, verification_numbers
 
-    s32, s8 = ort_session(fp32_model), ort_session(int8_model)
-    img32, img8, diffs, nonfinite, worst = [], [], [], 0, (-1.0, "")
-    for name, crops in zip(images.names, images.crops, strict=True):
-        a = ort_scores(s32, crops).astype(np.float64)
-        b = ort_scores(s8, crops).astype(np.float64)
-        nonfinite += int((~np.isfinite(a)).sum() + (~np.isfinite(b)).sum())
-        d = np.where(np.isfinite(a) & np.isfinite(b), np.abs(a - b), np.inf)
-        diffs.append(d)
-        worst = max(worst, (float(d.max()), name))
-        img32.append(float(a.mean()))
-        img8.append(float(b.mean()))
-    d_all = np.concatenate(diffs)
-    finite = d_all[np.isfinite(d_all)]
-    out: dict[str, Any] = {
-        "n_images": len(images.names),
-        "n_crops": int(d_all.size),
-        "spearman": float("nan"),
-        "max_abs": float(d_all.max()),
-        "mean_abs": float(finite.mean()) if finite.size else float("inf"),
-        "n_nonfinite": nonfinite,
-        "worst_image": f"{worst[1]} (max |d| {worst[0]:.3e})",
-        "scores_fp32": img32,
-        "scores_int8": img8,
-        "srcc_int8": None,
-        "srcc_fp32": None,
-        "n_mos": 0,
-    }
-    if nonfinite == 0 and len(img32) >= MIN_VERIFY_IMAGES:
-        out["spearman"] = srcc(img8, img32)
-        if mos is not None and len(mos) == len(img32) and all(m is not None for m in mos):
-            out["srcc_int8"] = srcc(img8, mos)
-            out["srcc_fp32"] = srcc(img32, mos)
-            out["n_mos"] = len(mos)
+    known = mos is not None and len(mos) == len(images.names) and all(m is not None for m in mos)
+    stats = compare_graphs(fp32_model, int8_model, images, mos if known else None)
+    out = verification_numbers(stats, MIN_VERIFY_IMAGES)
+    out.update(
+        scores_fp32=[float(v) for v in stats.reference_images],
+        scores_int8=[float(v) for v in stats.candidate_images],
+        srcc_int8=None,
+        srcc_fp32=None,
+        n_mos=0,
+    )
+    if not np.isnan(out["spearman"]) and stats.srcc is not None:
+        out.update(srcc_int8=stats.srcc, srcc_fp32=stats.srcc_reference, n_mos=stats.n_mos)
     return out
 
 
@@ -719,10 +696,12 @@ def compare_int8(
 def _read_fp32_model(path: Path) -> tuple[onnx.ModelProto, dict[str, str]]:
     import onnx
 
-    from loda.export.onnx import read_onnx_metadata
+    from loda.artifacts import read_onnx_metadata
+    from loda.onnx_files import check_onnx_file
 
     if not path.is_file():
         raise Int8Error(f"no ONNX file at {path}")
+    check_onnx_file(path)  # damaged, or external data outside its folder: one line
     try:
         model = onnx.load(str(path))
     except Exception as exc:  # protobuf DecodeError and friends
@@ -741,6 +720,168 @@ def _read_fp32_model(path: Path) -> tuple[onnx.ModelProto, dict[str, str]]:
             " quantize the FP32 export (loda-export onnx CKPT -o model.onnx)"
         )
     return model, meta
+
+
+def _ort_quantization() -> Any:
+    try:
+        from onnxruntime import quantization
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] != "onnxruntime":
+            raise  # onnx, which onnxruntime.quantization needs: the 'export' extra
+        raise Int8Error(
+            "INT8 calibration needs ONNX Runtime (onnxruntime.quantization): pip install "
+            "'loda[cpu]' (or 'loda[gpu]')"
+        ) from None
+    return quantization
+
+
+def _check_arguments(
+    onnx_path: Path, output_path: Path, method: str, target: str, verify: bool, n_verify: int
+) -> None:
+    if method not in METHODS:
+        raise Int8Error(f"unknown calibration method {method!r} (known: {', '.join(METHODS)})")
+    if target not in TARGETS:
+        raise Int8Error(f"unknown INT8 target {target!r} (known: {', '.join(TARGETS)})")
+    if verify and n_verify < MIN_VERIFY_IMAGES:
+        raise Int8Error(f"verification needs at least {MIN_VERIFY_IMAGES} images, got {n_verify}")
+    if output_path.is_dir():
+        raise Int8Error(f"output {output_path} is a directory; name a .onnx file")
+    if output_path.resolve() == onnx_path.resolve():
+        raise Int8Error(f"output {output_path} would overwrite the FP32 model")
+    if not onnx_path.is_file():
+        raise Int8Error(f"no ONNX file at {onnx_path}")
+
+
+@dataclass
+class _PreparedGraph:
+    """The FP32 graph ready for ``quantize_static``, and what was decided about it."""
+
+    model: onnx.ModelProto
+    kept_float: dict[str, list[str]]
+    flops: GemmStats
+    fused: dict[str, int]
+
+    @property
+    def excluded(self) -> list[str]:
+        return sorted({name for names in self.kept_float.values() for name in names})
+
+
+def _prepare_graph(model: onnx.ModelProto, spec: Any) -> _PreparedGraph:
+    """Name the nodes, choose the nodes that stay float, count the GEMM FLOPs (before any
+    com.microsoft op, which shape inference cannot see) and fuse GELUs for the cpu target
+    (after ``float_kept_nodes``: it reads MatMuls, which stay as they are)."""
+    import onnx
+
+    from .fp16 import _name_nodes
+    from .graph_stats import gemm_stats
+
+    work = onnx.ModelProto()
+    work.CopyFrom(model)
+    _name_nodes(work.graph)
+    kept_float = float_kept_nodes(work)
+    flops = gemm_stats(work)
+    fused: dict[str, int] = {}
+    if spec.ort_gelu_fusion:
+        with _quiet_ort_logging():
+            fused = fuse_gelu_for_onnxruntime(work)
+    return _PreparedGraph(work, kept_float, flops, fused)
+
+
+def _quantize(
+    graph: _PreparedGraph, reader: CropReader, spec: Any, method: str, extra: dict[str, Any]
+) -> onnx.ModelProto:
+    """``quantize_static`` (QDQ, per-channel weights) on ``graph`` with ``reader``'s crops."""
+    import onnx
+
+    q = _ort_quantization()
+    with tempfile.TemporaryDirectory(prefix="loda-int8-") as tmp:
+        src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        onnx.save(graph.model, str(src))
+        try:
+            with _quiet_ort_logging(), contextlib.redirect_stdout(sys.stderr):
+                q.quantize_static(
+                    str(src),
+                    str(dst),
+                    reader,
+                    quant_format=q.QuantFormat.QDQ,
+                    op_types_to_quantize=list(QUANTIZED_OP_TYPES),
+                    per_channel=True,
+                    reduce_range=spec.reduce_range,
+                    activation_type=getattr(q.QuantType, spec.activation_type),
+                    weight_type=getattr(q.QuantType, spec.weight_type),
+                    nodes_to_exclude=graph.excluded,
+                    calibrate_method=getattr(q.CalibrationMethod, METHODS[method]),
+                    calibration_providers=["CPUExecutionProvider"],
+                    extra_options=extra,
+                )
+        except LodaError:
+            raise
+        except Exception as exc:  # onnxruntime raises plain exceptions
+            first = first_line(exc)
+            raise Int8Error(f"quantize_static failed: {first}") from exc
+        return onnx.load(str(dst))
+
+
+def _check_int8_graph(quantized: onnx.ModelProto, crop_size: int) -> bytes:
+    """onnx.checker, the LoDa interface, and that ONNX Runtime loads it; the graph's bytes."""
+    import onnx
+
+    from loda.artifacts import check_exported_graph, ort_session
+
+    try:
+        onnx.checker.check_model(quantized, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        first = first_line(exc)
+        raise Int8Error(f"INT8 graph fails onnx.checker: {first}") from None
+    check_exported_graph(quantized, crop_size=crop_size)  # I/O names, types, dynamic batch
+    int8_bytes = quantized.SerializeToString()
+    try:
+        ort_session(int8_bytes)
+    except LodaError:
+        raise
+    except Exception as exc:
+        first = first_line(exc)
+        raise Int8Error(f"ONNX Runtime cannot load the INT8 graph: {first}") from None
+    return int8_bytes
+
+
+def _verify(
+    report: Int8Report,
+    fp32_path: Path,
+    int8_bytes: bytes,
+    held: list[CalibrationImage],
+    cfg: PreprocessConfig,
+    verify_source: str,
+    log: Log,
+) -> None:
+    """Compare INT8 with FP32 on the held-out images; failed checks go to ``report.checks``."""
+    vimages = _load_crops(held, cfg, verify_source)
+    log(f"comparing INT8 with FP32 on {vimages.n_crops} crops of {len(held)} held-out images")
+    numbers = compare_int8(str(fp32_path), int8_bytes, vimages, [i.mos for i in held])
+    report.verify_source = verify_source
+    for key in ("n_images", "n_crops", "spearman", "max_abs", "mean_abs", "n_nonfinite"):
+        setattr(report, key, numbers[key])
+    report.worst_image = numbers["worst_image"]
+    report.srcc_int8, report.srcc_fp32 = numbers["srcc_int8"], numbers["srcc_fp32"]
+    report.n_mos = numbers["n_mos"]
+    report.checks += spearman_problems(report.n_nonfinite, report.spearman, report.min_spearman)
+
+
+def _settings(spec: Any, method: str, extra: dict[str, Any], fused: dict[str, int]) -> dict:
+    from loda.artifacts import tool_versions
+
+    return {
+        "quant_format": "QDQ",
+        "op_types_to_quantize": list(QUANTIZED_OP_TYPES),
+        "per_channel": True,
+        "reduce_range": spec.reduce_range,
+        "activation_type": spec.activation_type,
+        "weight_type": spec.weight_type,
+        "calibrate_method": METHODS[method],
+        "extra_options": {k: v for k, v in extra.items() if k != "CalibStridedMinMax"},
+        "onnxruntime_gelu_fusion": fused if spec.ort_gelu_fusion else None,
+        "onnxruntime": tool_versions().get("onnxruntime", "?"),
+    }
 
 
 def quantize_onnx_int8(
@@ -762,54 +903,19 @@ def quantize_onnx_int8(
 
     Calibration images come from ``images`` (folder, archive, image) or ``dataset``; held-out
     verification images from ``verify_images`` or the rest of the same source (see
-    :func:`select_images`). The file is written only when every check passes; failures raise
-    :class:`Int8Error` (with the report as ``.report`` once there is one).
+    :func:`select_images`). The steps: select images -> prepare the graph -> quantize -> check
+    -> verify -> stamp metadata -> save. The file is written only when every check passes;
+    failures raise :class:`Int8Error` (with the report as ``.report`` once there is one).
     """
-    import onnx
-
-    try:
-        from onnxruntime.quantization import (
-            CalibrationMethod,
-            QuantFormat,
-            QuantType,
-            quantize_static,
-        )
-    except ImportError:
-        raise Int8Error(
-            "INT8 calibration needs ONNX Runtime (onnxruntime.quantization): pip install "
-            "'loda[cpu]' (or 'loda[gpu]')"
-        ) from None
-
-    from loda.export.onnx import (
-        INPUT_NAME,
-        _save_bytes,
-        check_exported_graph,
-        ort_session,
-        set_metadata,
-        sha256_file,
-        tool_versions,
-    )
+    from loda.artifacts import INPUT_NAME, sha256_file, stamp_precision
     from loda.metadata import CheckpointMeta
-
-    from .fp16 import _name_nodes
-    from .graph_stats import gemm_stats
 
     log = log or (lambda _m: None)
     start = time.perf_counter()
-    if method not in METHODS:
-        raise Int8Error(f"unknown calibration method {method!r} (known: {', '.join(METHODS)})")
-    if target not in TARGETS:
-        raise Int8Error(f"unknown INT8 target {target!r} (known: {', '.join(TARGETS)})")
-    if verify and n_verify < MIN_VERIFY_IMAGES:
-        raise Int8Error(f"verification needs at least {MIN_VERIFY_IMAGES} images, got {n_verify}")
-    spec = TARGETS[target]
     onnx_path, output_path = Path(onnx_path), Path(output_path)
-    if output_path.is_dir():
-        raise Int8Error(f"output {output_path} is a directory; name a .onnx file")
-    if output_path.resolve() == onnx_path.resolve():
-        raise Int8Error(f"output {output_path} would overwrite the FP32 model")
-    if not onnx_path.is_file():
-        raise Int8Error(f"no ONNX file at {onnx_path}")
+    _ort_quantization()
+    _check_arguments(onnx_path, output_path, method, target, verify, n_verify)
+    spec = TARGETS[target]
     # Images first: with none there is nothing to do (and never random data instead).
     calib_source, calib, verify_source, held = select_images(
         images,
@@ -823,69 +929,26 @@ def quantize_onnx_int8(
     check_not_an_input(output_path, [i.source for i in (*calib, *held)], "an image it reads")
     model, metadata = _read_fp32_model(onnx_path)
     cfg = CheckpointMeta.from_json(metadata["loda"]).preprocess
-    source_sha = sha256_file(onnx_path)
 
-    work = onnx.ModelProto()
-    work.CopyFrom(model)
-    _name_nodes(work.graph)
-    kept_float = float_kept_nodes(work)
-    excluded = sorted({name for names in kept_float.values() for name in names})
-    flops = gemm_stats(work)  # before any com.microsoft op, which shape inference cannot see
-    fused: dict[str, int] = {}
-    if spec.ort_gelu_fusion:  # after float_kept_nodes: it reads MatMuls, which stay as they are
-        with _quiet_ort_logging():
-            fused = fuse_gelu_for_onnxruntime(work)
+    graph = _prepare_graph(model, spec)
     reader = CropReader(calib, cfg, INPUT_NAME, log=log)
-    extra = {
-        **spec.extra_options,
-        "CalibStridedMinMax": 1,  # one image per collect_data call: bounded memory
-    }
+    extra = {**spec.extra_options, "CalibStridedMinMax": 1}  # one image per call: bounded memory
     if method == "percentile":
         extra.setdefault("CalibPercentile", 99.999)
     log(
         f"quantizing {onnx_path} for {target} ({method} calibration on {len(calib)} images "
         f"of {calib_source}; kept float: "
-        + ", ".join(f"{len(v)} {k}" for k, v in kept_float.items())
+        + ", ".join(f"{len(v)} {k}" for k, v in graph.kept_float.items())
         + ")"
     )
-    if fused:
-        log("fused for ONNX Runtime: " + ", ".join(f"{n} {op}" for op, n in fused.items()))
+    if graph.fused:
+        log("fused for ONNX Runtime: " + ", ".join(f"{n} {op}" for op, n in graph.fused.items()))
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="loda-int8-") as tmp:
-        src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
-        onnx.save(work, str(src))
-        try:
-            with _quiet_ort_logging(), contextlib.redirect_stdout(sys.stderr):
-                quantize_static(
-                    str(src),
-                    str(dst),
-                    reader,
-                    quant_format=QuantFormat.QDQ,
-                    op_types_to_quantize=list(QUANTIZED_OP_TYPES),
-                    per_channel=True,
-                    reduce_range=spec.reduce_range,
-                    activation_type=getattr(QuantType, spec.activation_type),
-                    weight_type=getattr(QuantType, spec.weight_type),
-                    nodes_to_exclude=excluded,
-                    calibrate_method=getattr(CalibrationMethod, METHODS[method]),
-                    calibration_providers=["CPUExecutionProvider"],
-                    extra_options=extra,
-                )
-        except LodaError:
-            raise
-        except Exception as exc:  # onnxruntime raises plain exceptions
-            first = first_line(exc)
-            raise Int8Error(f"quantize_static failed: {first}") from exc
-        quantized = onnx.load(str(dst))
+    quantized = _quantize(graph, reader, spec, method, extra)
     calib_seconds = time.perf_counter() - t0
 
-    try:
-        onnx.checker.check_model(quantized, full_check=True)
-    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        first = first_line(exc)
-        raise Int8Error(f"INT8 graph fails onnx.checker: {first}") from None
-    check_exported_graph(quantized, crop_size=cfg.crop_size)  # I/O names, types, dynamic batch
-    share, n_int8 = int8_gemm_share(quantized, flops)
+    int8_bytes = _check_int8_graph(quantized, cfg.crop_size)
+    share, n_int8 = int8_gemm_share(quantized, graph.flops)
     report = Int8Report(
         method=method,
         target=target,
@@ -894,23 +957,12 @@ def quantize_onnx_int8(
         calib_crops=reader.n_crops,
         int8_share=share,
         n_int8_gemms=n_int8,
-        kept_float={k: len(v) for k, v in kept_float.items()},
-        settings={
-            "quant_format": "QDQ",
-            "op_types_to_quantize": list(QUANTIZED_OP_TYPES),
-            "per_channel": True,
-            "reduce_range": spec.reduce_range,
-            "activation_type": spec.activation_type,
-            "weight_type": spec.weight_type,
-            "calibrate_method": METHODS[method],
-            "extra_options": {k: v for k, v in extra.items() if k != "CalibStridedMinMax"},
-            "onnxruntime_gelu_fusion": fused if spec.ort_gelu_fusion else None,
-            "onnxruntime": tool_versions().get("onnxruntime", "?"),
-        },
+        kept_float={k: len(v) for k, v in graph.kept_float.items()},
+        settings=_settings(spec, method, extra, graph.fused),
         n_qdq=sum(
             n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in quantized.graph.node
         ),
-        source_sha256=source_sha,
+        source_sha256=sha256_file(onnx_path),
         calib_seconds=calib_seconds,
         min_spearman=min_spearman,
         calib_names=tuple(i.name for i in calib),
@@ -918,49 +970,15 @@ def quantize_onnx_int8(
     )
     if n_int8 == 0:
         report.checks.append("no Conv/MatMul/Gemm was quantized")
-    int8_bytes = quantized.SerializeToString()
-    try:
-        ort_session(int8_bytes)
-    except LodaError:
-        raise
-    except Exception as exc:
-        first = first_line(exc)
-        raise Int8Error(f"ONNX Runtime cannot load the INT8 graph: {first}") from None
-
     if verify and not report.checks:
-        vimages = _load_crops(held, cfg, verify_source)
-        log(f"comparing INT8 with FP32 on {vimages.n_crops} crops of {len(held)} held-out images")
-        numbers = compare_int8(str(onnx_path), int8_bytes, vimages, [i.mos for i in held])
-        report.verify_source = verify_source
-        for key in ("n_images", "n_crops", "spearman", "max_abs", "mean_abs", "n_nonfinite"):
-            setattr(report, key, numbers[key])
-        report.worst_image = numbers["worst_image"]
-        report.srcc_int8, report.srcc_fp32 = numbers["srcc_int8"], numbers["srcc_fp32"]
-        report.n_mos = numbers["n_mos"]
-        if report.n_nonfinite:
-            report.checks.append(f"{report.n_nonfinite} inf/NaN scores")
-        elif not report.spearman >= min_spearman:
-            report.checks.append(f"Spearman {report.spearman:.5f} < {min_spearman}")
+        _verify(report, onnx_path, int8_bytes, held, cfg, verify_source, log)
     report.seconds = time.perf_counter() - start
     if report.checks:
         raise Int8Error("INT8 model failed: " + "; ".join(report.checks), report)
 
-    io_record = json.loads(metadata.get("loda.io", "{}") or "{}")
-    if io_record:
-        io_record["precision"] = "int8"
-    set_metadata(
-        quantized,
-        {
-            **metadata,
-            "loda.precision": "int8",
-            "loda.int8": json.dumps(report.to_dict(), sort_keys=True),
-            "loda.tool_versions": json.dumps(tool_versions(), sort_keys=True),
-            **({"loda.io": json.dumps(io_record, sort_keys=True)} if io_record else {}),
-        },
-    )
-    quantized.doc_string = model.doc_string
+    stamp_precision(quantized, model, metadata, "int8", report.to_dict())
     output_path.parent.mkdir(parents=True, exist_ok=True)
-    report.size_bytes = _save_bytes(quantized.SerializeToString(), output_path)
+    report.size_bytes = write_bytes_atomic(output_path, quantized.SerializeToString())
     report.path = output_path
     report.seconds = time.perf_counter() - start
     return report

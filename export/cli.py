@@ -183,6 +183,9 @@ def verify_command(
     """Check an FP32 ONNX export against the CHECKPOINT it came from (PyTorch vs ONNX
     Runtime on real crops, max |d score| <= 1e-4, batch sizes 1 and 7 included)."""
     _check_checkpoint(checkpoint)
+    from loda.onnx_files import check_onnx_file
+
+    check_onnx_file(onnx_file)  # damaged, or external data outside its folder: one line
     from loda.export.onnx import ParityError, verify_onnx_against_checkpoint
 
     try:

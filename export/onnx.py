@@ -37,17 +37,12 @@ check has passed.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import sys
-import tarfile
-import tempfile
 import time
-import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -55,14 +50,32 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from loda.artifacts import (
+    BATCH_DIM,
+    INPUT_NAME,
+    OUTPUT_NAME,
+    ArtifactError,
+    check_exported_graph,
+    ort_scores,
+    ort_session,
+    read_onnx_metadata,
+    set_metadata,
+    sha256_file,
+    tool_versions,
+)
 from loda.atomic import check_not_an_input, write_bytes_atomic
-from loda.errors import LodaError
+from loda.compare import (
+    Bound,
+    Comparison,
+    ParityError,
+    Tolerance,
+    compare_scores,
+    judge,
+)
 from loda.preprocess import PreprocessConfig
-from loda.runtime.inputs import (  # one list of suffixes for every image reader
-    ARCHIVE_SUFFIXES,
-    IMAGE_SUFFIXES,
-    is_archive_name,
-    is_image_name,
+from loda.sources import (
+    VerificationImages,
+    load_verification_images,
 )
 
 if TYPE_CHECKING:  # onnx and onnxruntime are imported where they are used
@@ -82,11 +95,12 @@ __all__ = [
     "ExportError",
     "ExportReport",
     "ExportWrapper",
+    "OnnxParity",
     "ParityError",
-    "ParityReport",
     "VerificationImages",
     "check_exported_graph",
     "export_onnx",
+    "fold_shape_arithmetic",
     "load_verification_images",
     "ort_scores",
     "ort_session",
@@ -99,9 +113,6 @@ __all__ = [
     "verify_onnx_against_checkpoint",
 ]
 
-INPUT_NAME = "crops"
-OUTPUT_NAME = "score"
-BATCH_DIM = "batch"
 DEFAULT_OPSET = 18
 MIN_OPSET = 17  # LayerNormalization is an ONNX op from opset 17 on
 MAX_OPSET = 23  # the highest opset torch 2.14's exporter targets
@@ -110,23 +121,13 @@ PARITY_ATOL = 1e-4
 DEFAULT_VERIFY_IMAGES = 16
 EXTRA_BATCH_SIZES = (1, 7)  # run in ONNX Runtime besides the per-image batch of crops
 MAX_ONNX_BYTES = 2**31  # protobuf's hard limit for one serialised message
-DEMO_REFERENCES = 8
-_ORT_HINT = "pip install 'loda[cpu]' (onnxruntime) or 'loda[gpu]' (onnxruntime-gpu)"
-_TOOLS = ("torch", "onnx", "onnxscript", "onnxruntime", "onnxruntime-gpu", "timm", "loda")
 
 Log = Callable[[str], None]
 
 
-class ExportError(LodaError):
-    """The checkpoint cannot be exported, or the exported graph is not what it must be."""
-
-
-class ParityError(ExportError):
-    """The exported model's scores differ from PyTorch's beyond the tolerance."""
-
-    def __init__(self, message: str, report: ParityReport) -> None:
-        super().__init__(message)
-        self.report = report
+# The checkpoint cannot be exported, or the exported graph is not what it must be: the same
+# class as the torch-free graph checks raise (loda.artifacts), so one except catches both.
+ExportError = ArtifactError
 
 
 def _log_stderr(message: str) -> None:
@@ -172,169 +173,10 @@ class ExportWrapper(nn.Module):
 # --------------------------------------------------------------------------------------------
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def tool_versions(extra: Sequence[str] = ()) -> dict[str, str]:
-    """Installed versions of the export toolchain (packages that are absent are left out)."""
-    out = {}
-    for name in (*_TOOLS, *extra):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            continue
-    return out
-
-
-def _import_ort() -> Any:
-    try:
-        import onnxruntime
-    except ImportError:
-        raise ExportError(f"ONNX Runtime is needed to verify the export; {_ORT_HINT}") from None
-    return onnxruntime
-
-
-def ort_session(model: str | os.PathLike | bytes) -> Any:
-    """An ONNX Runtime CPU session with default options (the verification reference)."""
-    ort = _import_ort()
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # errors only: no fp16 "cast inserted" chatter
-    source = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
-
-
-def ort_scores(session: Any, crops: np.ndarray) -> np.ndarray:
-    """Scores (float32 [n]) of uint8 NHWC crops, in one run."""
-    name = session.get_inputs()[0].name
-    (out,) = session.run(None, {name: np.ascontiguousarray(crops)})
-    return np.asarray(out)
-
-
 def torch_scores(wrapper: Any, crops: np.ndarray) -> np.ndarray:
     """Scores (float32 [n]) of uint8 NHWC crops through ``wrapper`` in torch."""
     with torch.inference_mode():
         return wrapper(torch.from_numpy(np.ascontiguousarray(crops))).numpy()
-
-
-def _elem_type_name(elem_type: int) -> str:
-    import onnx
-
-    return onnx.helper.tensor_dtype_to_np_dtype(elem_type).name if elem_type else "undefined"
-
-
-def _dims(value_info: Any) -> list[int | str]:
-    dims: list[int | str] = []
-    for d in value_info.type.tensor_type.shape.dim:
-        if d.HasField("dim_param"):
-            dims.append(d.dim_param)
-        elif d.HasField("dim_value"):
-            dims.append(d.dim_value)
-        else:
-            dims.append("?")
-    return dims
-
-
-#: metadata_props entries that hold a JSON object (the others are plain strings).
-JSON_PROPS = ("loda", "loda.io", "loda.fp16", "loda.int8", "loda.tool_versions")
-
-
-def read_onnx_metadata(model: onnx.ModelProto, *, source: object = None) -> dict[str, str]:
-    """The model's ``metadata_props`` as a dict.
-
-    With ``source`` (a path or a name for messages) the :data:`JSON_PROPS` present are checked
-    to be JSON objects: a damaged record is a one-line :class:`ExportError` naming the key.
-    """
-    meta = {p.key: p.value for p in model.metadata_props}
-    for key in JSON_PROPS if source is not None else ():
-        if key not in meta:
-            continue
-        try:
-            record = json.loads(meta[key])
-        except json.JSONDecodeError:
-            record = None
-        if not isinstance(record, dict):
-            raise ExportError(f"{source}: metadata_props '{key}' is not a JSON object (damaged?)")
-    return meta
-
-
-def set_metadata(model: onnx.ModelProto, values: dict[str, str]) -> None:
-    """Set (or replace) ``metadata_props`` entries."""
-    kept = [(p.key, p.value) for p in model.metadata_props if p.key not in values]
-    del model.metadata_props[:]
-    for key, value in [*kept, *values.items()]:
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, value
-
-
-def _op_counts(model: onnx.ModelProto) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for graph_nodes in [model.graph.node, *(f.node for f in model.functions)]:
-        for node in graph_nodes:
-            counts[node.op_type] = counts.get(node.op_type, 0) + 1
-    return counts
-
-
-# --------------------------------------------------------------------------------------------
-# Graph checks
-# --------------------------------------------------------------------------------------------
-
-
-def check_exported_graph(
-    model: onnx.ModelProto,
-    *,
-    crop_size: int,
-    expected_layernorms: int | None = None,
-    input_elem_type: int | None = None,
-    output_elem_type: int | None = None,
-) -> dict[str, int]:
-    """Assert the LoDa ONNX interface and return the op counts.
-
-    One input ``crops`` uint8 ``[batch, crop, crop, 3]`` whose dim 0 is symbolic
-    (``dim_param``), one output ``score`` float32 ``[batch]`` with the same symbol, and (when
-    ``expected_layernorms`` is given) that many ``LayerNormalization`` nodes: a LayerNorm that
-    was decomposed into ReduceMean/Sub/Pow/Sqrt/Div would lose precision in FP16.
-    """
-    import onnx
-
-    in_type = onnx.TensorProto.UINT8 if input_elem_type is None else input_elem_type
-    out_type = onnx.TensorProto.FLOAT if output_elem_type is None else output_elem_type
-    graph = model.graph
-    initializers = {t.name for t in graph.initializer}
-    inputs = [i for i in graph.input if i.name not in initializers]
-    problems = []
-    if [i.name for i in inputs] != [INPUT_NAME] or [o.name for o in graph.output] != [OUTPUT_NAME]:
-        raise ExportError(
-            f"exported graph has inputs {[i.name for i in inputs]} and outputs "
-            f"{[o.name for o in graph.output]}; expected ['{INPUT_NAME}'] and ['{OUTPUT_NAME}']"
-        )
-    (inp,), (out,) = inputs, graph.output
-    in_dims, out_dims = _dims(inp), _dims(out)
-    if inp.type.tensor_type.elem_type != in_type:
-        problems.append(f"input type {_elem_type_name(inp.type.tensor_type.elem_type)}")
-    if out.type.tensor_type.elem_type != out_type:
-        problems.append(f"output type {_elem_type_name(out.type.tensor_type.elem_type)}")
-    batch_dim = inp.type.tensor_type.shape.dim[0] if in_dims else None
-    if batch_dim is None or not batch_dim.HasField("dim_param"):
-        problems.append(f"input batch dimension is not symbolic (input shape {in_dims})")
-    if in_dims[1:] != [crop_size, crop_size, 3]:
-        problems.append(f"input shape {in_dims}, expected [batch, {crop_size}, {crop_size}, 3]")
-    if len(out_dims) != 1 or not isinstance(out_dims[0], str) or out_dims[:1] != in_dims[:1]:
-        problems.append(f"output shape {out_dims}, expected [{in_dims[0] if in_dims else '?'}]")
-    counts = _op_counts(model)
-    n_ln = counts.get("LayerNormalization", 0)
-    if expected_layernorms is not None and n_ln != expected_layernorms:
-        problems.append(
-            f"{n_ln} LayerNormalization nodes for {expected_layernorms} LayerNorm modules "
-            "(decomposed LayerNorm; export with opset >= 17)"
-        )
-    if problems:
-        raise ExportError("exported graph is wrong: " + "; ".join(problems))
-    return counts
 
 
 def _count_layernorms(module: Any) -> int:
@@ -344,167 +186,32 @@ def _count_layernorms(module: Any) -> int:
 
 
 # --------------------------------------------------------------------------------------------
-# Verification images (real photographs, never random tensors)
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class VerificationImages:
-    """Where the verification crops came from and the crops, one uint8 NHWC stack per image."""
-
-    source: str
-    names: tuple[str, ...]
-    crops: tuple[np.ndarray, ...]
-
-    @property
-    def n_crops(self) -> int:
-        return sum(len(c) for c in self.crops)
-
-
-def _spread(n_total: int, n: int) -> list[int]:
-    """``n`` indices spread evenly over ``range(n_total)`` (all of them if fewer)."""
-    if n >= n_total:
-        return list(range(n_total))
-    return sorted({round(float(i)) for i in np.linspace(0, n_total - 1, n)})
-
-
-def _is_archive(path: Path) -> bool:
-    return path.is_file() and is_archive_name(path.name)
-
-
-def _is_image_name(name: str) -> bool:
-    base = name.rsplit("/", 1)[-1]
-    return not base.startswith(".") and is_image_name(base)
-
-
-def _read_archive(path: Path, n_images: int) -> list[tuple[str, bytes]]:
-    """``n_images`` image members of a zip or tar archive (spread over the sorted names)."""
-    try:
-        if path.name.lower().endswith(".zip"):
-            with zipfile.ZipFile(path) as zf:
-                names = sorted(
-                    i.filename
-                    for i in zf.infolist()
-                    if not i.is_dir() and _is_image_name(i.filename)
-                )
-                chosen = [names[i] for i in _spread(len(names), n_images)]
-                return [(name, zf.read(name)) for name in chosen]
-        with tarfile.open(path) as tf:
-            members = sorted(
-                (m for m in tf.getmembers() if m.isfile() and _is_image_name(m.name)),
-                key=lambda m: m.name,
-            )
-            out = []
-            for i in _spread(len(members), n_images):
-                f = tf.extractfile(members[i])
-                if f is not None:
-                    out.append((members[i].name, f.read()))
-            return out
-    except (zipfile.BadZipFile, tarfile.TarError, OSError) as exc:
-        raise ExportError(f"cannot read image archive {path}: {exc}") from None
-
-
-def _folder_images(root: Path) -> list[Path]:
-    from loda.demo_data import CSV_NAME, is_demo_dir
-
-    if is_demo_dir(root) and (root / CSV_NAME).is_file():
-        from loda.datasets import read_dataset
-
-        return [s.path for s in read_dataset("csv", root / CSV_NAME).samples]
-    return sorted(
-        p
-        for p in root.rglob("*")
-        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
-    )
-
-
-def load_verification_images(
-    images: str | os.PathLike | None,
-    n_images: int,
-    cfg: PreprocessConfig,
-    *,
-    log: Log | None = None,
-) -> VerificationImages:
-    """Crops of ``n_images`` real images, spread evenly over the sorted candidates.
-
-    ``images``: a folder (searched recursively; a demo set folder is read through its CSV), an
-    archive (zip or tar), or ``None`` for the built-in demo set (``DEMO_REFERENCES`` reference
-    photographs with their distortions, made in a temporary directory), or, when the demo
-    photographs are not installed, generated images (:mod:`loda.generated`; the source says so).
-    """
-    from loda.preprocess import preprocess_image
-
-    if n_images < 1:
-        raise ExportError(f"verification needs at least 1 image, got {n_images}")
-    log = log or (lambda _m: None)
-    if images is None:
-        from loda.demo_data import list_references, make_demo_set
-
-        with tempfile.TemporaryDirectory(prefix="loda-verify-") as tmp:
-            refs = list_references()[:DEMO_REFERENCES]
-            if not refs:
-                from loda.generated import DESCRIPTION, generate_images
-
-                log(
-                    "no --images and no demo reference photos (pip install 'loda[demo]'): "
-                    f"verifying on {n_images} generated images"
-                )
-                paths = generate_images(Path(tmp), n_images)
-                crops = tuple(preprocess_image(p, cfg) for p in paths)
-                names = tuple(p.name for p in paths)
-                return VerificationImages(f"generated: {DESCRIPTION}", names, crops)
-            log(f"making the built-in demo set ({len(refs)} references) for verification")
-            csv_path = make_demo_set(Path(tmp) / "demo", references=refs)
-            paths = _folder_images(csv_path.parent)
-            chosen = [paths[i] for i in _spread(len(paths), n_images)]
-            crops = tuple(preprocess_image(p, cfg) for p in chosen)
-            names = tuple(p.relative_to(csv_path.parent).as_posix() for p in chosen)
-            return VerificationImages("built-in demo set", names, crops)
-    root = Path(images)
-    if _is_archive(root):
-        members = _read_archive(root, n_images)
-        if not members:
-            raise ExportError(f"no images in archive {root} ({', '.join(sorted(IMAGE_SUFFIXES))})")
-        crops = tuple(preprocess_image(data, cfg) for _, data in members)
-        return VerificationImages(str(root), tuple(name for name, _ in members), crops)
-    if root.is_dir():
-        paths = _folder_images(root)
-        if not paths:
-            raise ExportError(
-                f"no images in {root} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})"
-            )
-        chosen = [paths[i] for i in _spread(len(paths), n_images)]
-        names = tuple(
-            p.relative_to(root).as_posix() if p.is_relative_to(root) else str(p) for p in chosen
-        )
-        return VerificationImages(str(root), names, tuple(preprocess_image(p, cfg) for p in chosen))
-    if root.is_file() and root.suffix.lower() in IMAGE_SUFFIXES:
-        return VerificationImages(str(root), (root.name,), (preprocess_image(root, cfg),))
-    raise ExportError(
-        f"--images {root}: not a folder, an image or an archive ({', '.join(ARCHIVE_SUFFIXES)})"
-    )
-
-
-# --------------------------------------------------------------------------------------------
 # Parity
 # --------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class ParityReport:
-    """Per-crop |score difference| between PyTorch and ONNX Runtime on real crops."""
+class OnnxParity:
+    """PyTorch vs ONNX Runtime on real crops: every image's crops as one batch, and the first
+    image's crops at the other batch sizes (each a :class:`loda.compare.Comparison`)."""
 
     source: str
-    n_images: int
-    n_crops: int
-    max_abs: float
-    mean_abs: float
-    p99_abs: float
-    worst_image: str
-    worst_image_max: float
-    batch_max_abs: dict[int, float]  # extra ORT batch sizes -> max |d| vs torch
+    crops: Comparison
+    batches: dict[int, Comparison]  # extra ORT batch size -> the first image's crops
     atol: float = PARITY_ATOL
     seconds: float = 0.0
+
+    @property
+    def n_crops(self) -> int:
+        return self.crops.stats.n_crops
+
+    @property
+    def max_abs(self) -> float:
+        return self.crops.stats.max_abs_crop
+
+    @property
+    def batch_max_abs(self) -> dict[int, float]:
+        return {b: c.stats.max_abs_crop for b, c in self.batches.items()}
 
     @property
     def overall_max(self) -> float:
@@ -512,20 +219,21 @@ class ParityReport:
 
     @property
     def passed(self) -> bool:
-        return bool(np.isfinite(self.overall_max) and self.overall_max <= self.atol)
+        return self.crops.passed and all(c.passed for c in self.batches.values())
 
     def summary(self) -> str:
         return f"parity max|d| {self.overall_max:.2e} on {self.n_crops} crops"
 
     def table(self) -> str:
         batches = ", ".join(f"batch {b}: {v:.2e}" for b, v in self.batch_max_abs.items())
+        s = self.crops.stats
         rows = [
-            ("images", f"{self.n_images} ({self.source})"),
-            ("crops", str(self.n_crops)),
-            ("max |d|", f"{self.max_abs:.3e}  (tolerance {self.atol:.0e})"),
-            ("mean |d|", f"{self.mean_abs:.3e}"),
-            ("p99 |d|", f"{self.p99_abs:.3e}"),
-            ("worst image", f"{self.worst_image}  (max |d| {self.worst_image_max:.3e})"),
+            ("images", f"{s.n_images} ({self.source})"),
+            ("crops", str(s.n_crops)),
+            ("max |d|", f"{s.max_abs_crop:.3e}  (tolerance {self.atol:.0e})"),
+            ("mean |d|", f"{s.mean_abs_crop:.3e}"),
+            ("p99 |d|", f"{s.p99_abs_crop:.3e}"),
+            ("worst image", f"{s.worst_image}  (max |d| {s.worst_image_max:.3e})"),
             ("other batch sizes", batches or "-"),
             ("result", "PASS" if self.passed else "FAIL"),
         ]
@@ -534,14 +242,15 @@ class ParityReport:
         return "\n".join([title, *(f"  {k:<{width}}  {v}" for k, v in rows)])
 
     def to_dict(self) -> dict[str, Any]:
+        s = self.crops.stats
         return {
             "source": self.source,
-            "n_images": self.n_images,
-            "n_crops": self.n_crops,
-            "max_abs": self.max_abs,
-            "mean_abs": self.mean_abs,
-            "p99_abs": self.p99_abs,
-            "worst_image": self.worst_image,
+            "n_images": s.n_images,
+            "n_crops": s.n_crops,
+            "max_abs": s.max_abs_crop,
+            "mean_abs": s.mean_abs_crop,
+            "p99_abs": s.p99_abs_crop,
+            "worst_image": s.worst_image,
             "batch_max_abs": {str(k): v for k, v in self.batch_max_abs.items()},
             "atol": self.atol,
             "passed": self.passed,
@@ -555,51 +264,40 @@ def verify_onnx(
     *,
     atol: float = PARITY_ATOL,
     raise_on_failure: bool = True,
-) -> ParityReport:
+) -> OnnxParity:
     """Score ``images`` with ``wrapper`` in torch and with ``onnx_model`` in ONNX Runtime (CPU).
 
     One run per image (its crops form the batch), then batch sizes 1 and 7 on the first
-    image's crops. Raises :class:`ParityError` (with the report) when max |d| > ``atol`` or
-    any score is not finite, unless ``raise_on_failure`` is false.
+    image's crops. Raises :class:`loda.compare.ParityError` (with the report) when max |d| >
+    ``atol`` or any score is not finite, unless ``raise_on_failure`` is false.
     """
     start = time.perf_counter()
     session = ort_session(onnx_model)
-    diffs, per_image = [], []
-    for name, crops in zip(images.names, images.crops, strict=True):
-        d = np.abs(
-            ort_scores(session, crops).astype(np.float64)
-            - torch_scores(wrapper, crops).astype(np.float64)
-        )
-        d[~np.isfinite(d)] = np.inf
-        diffs.append(d)
-        per_image.append((float(d.max()), name))
-    all_d = np.concatenate(diffs)
+    got = [ort_scores(session, crops) for crops in images.crops]
+    want = [torch_scores(wrapper, crops) for crops in images.crops]
+    tolerance = Tolerance("fp32", max_abs_dscore_crop=Bound(atol))
+    stats = compare_scores(
+        np.concatenate(got),
+        np.concatenate(want),
+        crops_per_image=[len(c) for c in images.crops],
+        names=images.names,
+    )
     first = images.crops[0]
-    reference = torch_scores(wrapper, first).astype(np.float64)
-    batch_max = {}
+    batches = {}
     for b in EXTRA_BATCH_SIZES:
         chunks = [ort_scores(session, first[i : i + b]) for i in range(0, len(first), b)]
-        got = np.concatenate(chunks).astype(np.float64)
-        d = np.abs(got - reference)
-        batch_max[b] = float(np.inf if not np.all(np.isfinite(d)) else d.max())
-    worst_max, worst_name = max(per_image)
-    report = ParityReport(
+        batches[b] = judge(compare_scores(np.concatenate(chunks), want[0]), tolerance)
+    report = OnnxParity(
         source=images.source,
-        n_images=len(images.names),
-        n_crops=int(all_d.size),
-        max_abs=float(all_d.max()),
-        mean_abs=float(all_d.mean()),
-        p99_abs=float(np.percentile(all_d, 99)),
-        worst_image=worst_name,
-        worst_image_max=worst_max,
-        batch_max_abs=batch_max,
+        crops=judge(stats, tolerance),
+        batches=batches,
         atol=atol,
         seconds=time.perf_counter() - start,
     )
     if raise_on_failure and not report.passed:
         raise ParityError(
             f"ONNX Runtime scores differ from PyTorch: max |d| {report.overall_max:.3e} > "
-            f"{atol:.0e} on {report.n_crops} crops (worst image {report.worst_image})",
+            f"{atol:.0e} on {report.n_crops} crops (worst image {stats.worst_image})",
             report,
         )
     return report
@@ -622,7 +320,7 @@ class ExportReport:
     total_seconds: float
     op_counts: dict[str, int]
     metadata: dict[str, str]
-    parity: ParityReport | None = None
+    parity: OnnxParity | None = None
     fp16: Fp16Report | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -663,6 +361,47 @@ def _export_proto(wrapper: Any, crop_size: int, opset: int) -> onnx.ModelProto:
     return program.model_proto
 
 
+def fold_shape_arithmetic(model: onnx.ModelProto, log: Log | None = None) -> onnx.ModelProto:
+    """The graph with the shape arithmetic torch.onnx leaves behind folded, by onnxslim.
+
+    onnxslim folds constants and shape computations it can resolve symbolically, removes
+    dead and identity nodes and merges chains of shape ops; the symbolic batch dimension stays
+    (:func:`check_exported_graph` checks it afterwards), and the exported graph is verified
+    against PyTorch after this, so folding cannot change the scores unnoticed. Fewer nodes also
+    means fewer TensorRT layers (docs/tensorrt-rtx.md has the counts).
+    """
+    import onnx
+    import onnxslim
+
+    before = len(model.graph.node)
+    # onnxslim drops the nodes' metadata_props; loda-calib int8 reads their module paths
+    # (``namespace``), so they are copied back onto the nodes that keep their names.
+    node_props = {
+        n.name: [(p.key, p.value) for p in n.metadata_props]
+        for n in model.graph.node
+        if n.metadata_props
+    }
+    with contextlib.redirect_stdout(sys.stderr):  # stdout is for data
+        folded = onnxslim.slim(model)
+    if not isinstance(folded, type(model)):
+        raise ExportError("onnxslim returned no model")
+    for node in folded.graph.node:
+        if not node.metadata_props and node.name in node_props:
+            for key, value in node_props[node.name]:
+                entry = node.metadata_props.add()
+                entry.key, entry.value = key, value
+    # onnxslim's own shape annotations confuse the FP16 conversion (a Conv weight typed float16
+    # beside a float32 annotation): keep ONNX's standard inference instead.
+    del folded.graph.value_info[:]
+    folded = onnx.shape_inference.infer_shapes(folded)
+    if log:
+        log(
+            f"folded shape arithmetic with onnxslim {onnxslim.__version__}: "
+            f"{before} -> {len(folded.graph.node)} nodes"
+        )
+    return folded
+
+
 def _save_bytes(data: bytes, path: Path) -> int:
     """Write atomically (a failed run never leaves a half-written model at ``path``)."""
     return write_bytes_atomic(path, data)
@@ -694,9 +433,13 @@ def export_onnx(
     images: str | os.PathLike | None = None,
     verify_images: int | None = None,
     atol: float = PARITY_ATOL,
+    fold: bool = True,
     log: Log | None = _log_stderr,
 ) -> ExportReport:
     """Export a LoDa checkpoint to one self-contained ONNX file.
+
+    ``fold`` (default on) folds the exporter's shape arithmetic (:func:`fold_shape_arithmetic`);
+    off only to measure what folding changes.
 
     ``precision="fp16"`` exports FP32 first (verified against PyTorch when ``verify``), then
     converts with :func:`loda.calib.fp16.convert_onnx_fp16` and checks FP16 against FP32 in ONNX
@@ -748,6 +491,8 @@ def export_onnx(
     t0 = time.perf_counter()
     log(f"exporting {checkpoint_path} ({meta.model.name}) with torch.onnx.export(dynamo=True)")
     proto = _export_proto(wrapper, crop_size, opset)
+    if fold:
+        proto = fold_shape_arithmetic(proto, log)
     export_seconds = time.perf_counter() - t0
     counts = check_exported_graph(
         proto, crop_size=crop_size, expected_layernorms=_count_layernorms(model)
@@ -816,7 +561,7 @@ def verify_onnx_against_checkpoint(
     verify_images: int = DEFAULT_VERIFY_IMAGES,
     atol: float = PARITY_ATOL,
     log: Log | None = _log_stderr,
-) -> ParityReport:
+) -> OnnxParity:
     """Check an existing FP32 ONNX file against the checkpoint it was exported from."""
     import onnx
 

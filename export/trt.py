@@ -1,28 +1,29 @@
-"""TensorRT engines from LoDa ONNX graphs: one code path for TensorRT >= 10.12 and 11.x.
+"""Engines from LoDa ONNX graphs: TensorRT for RTX (default) and TensorRT >= 10.12 / 11.x.
 
-TensorRT 11 builds every network strongly typed and removed the precision builder flags
-(``BuilderFlag.FP16``/``INT8``), ``EXPLICIT_BATCH`` and ``platform_has_*``. The portable
-idiom, used here and nowhere else: ``builder.create_network(1 << STRONGLY_TYPED)`` (required on
-10.x to opt in, deprecated and ignored on 11.x), so the precision comes only from the ONNX
-graph (FP32 export, FP16 graph of :mod:`loda.calib.fp16`, INT8 Q/DQ graph of
-:mod:`loda.calib.int8`). The only precision knob left is TF32, on by default: it is cleared
-for an FP32 graph (``loda.precision`` in ``metadata_props``), so an FP32 engine is a parity
+Both flavors build strongly typed networks (``create_network(1 << STRONGLY_TYPED)``: required
+on TensorRT 10.x, the only mode on 11.x and TensorRT-RTX), so the precision comes only from the
+ONNX graph (FP32 export, FP16 graph of :mod:`loda.calib.fp16`, INT8 Q/DQ graph of
+:mod:`loda.calib.int8`). The only precision knob left is TF32, on by default: it is cleared for
+an FP32 graph (``loda.precision`` in ``metadata_props``), so an FP32 engine is a parity
 reference.
 
-:func:`build_engine`: ``trt.OnnxParser.parse_from_file`` (parser errors are reported node by
-node), one optimisation profile on ``crops`` (batch ``MIN:OPT:MAX``), workspace limit,
-builder optimisation level, a timing cache loaded from and saved back to a file, then the plan
-bytes written untouched (never prefixed with metadata, so ``trtexec --loadEngine`` works) and a
-sidecar ``<engine>.json`` with what a loader needs to detect a mismatch: TensorRT version, GPU
-name and compute capability, precision, profile, ONNX and plan sha256, the ONNX's ``loda``
-record and the build time.
+One code path for both flavors (:mod:`loda.trt_common` holds what differs): parse with
+``trt.OnnxParser.parse_from_file`` (parser errors reported one line per node, nothing written),
+summarise the parsed network (:func:`network_stats`: layer count and the GEMM FLOPs by the data
+type TensorRT computes them in), one optimisation profile on ``crops`` (batch
+``MIN:OPT:MAX``), workspace limit, builder optimisation level, then the flavor's part
+(:func:`_configure_flavor`): TensorRT-RTX targets a list of compute capabilities and needs no
+GPU (and gets no timing cache, which would query one); TensorRT builds on the GPU that will run
+the plan, optionally with a timing cache. The plan bytes are written untouched (``trtexec
+--loadEngine`` works) with a sidecar ``<engine>.json``: flavor and its version, targets or GPU,
+precision, profile, ONNX and plan sha256, the network summary, the ONNX's ``loda`` record and
+the build time.
 
-:func:`inspect_engine`: the sidecar plus the engine's I/O tensors (deserialised with
-``trt.Runtime``); without TensorRT the sidecar alone.
+:func:`inspect_engine`: the sidecar plus, where the flavor's runtime can deserialise the plan
+(a GPU), the engine's I/O tensors and layer count; without them the sidecar alone.
 
-TensorRT (``tensorrt``) and cuda-python (``cuda.bindings``) are imported only inside the
-functions that need them; this module imports without either. A missing one, or a machine
-without an NVIDIA GPU, is one :class:`TrtUnavailable` line saying what to install.
+TensorRT, TensorRT-RTX and cuda-python are imported only inside the functions that need them;
+this module imports without any of them.
 """
 
 from __future__ import annotations
@@ -37,17 +38,42 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from loda.artifacts import INPUT_NAME, read_onnx_metadata, sha256_file
 from loda.atomic import write_bytes_atomic
-from loda.errors import LodaError
+from loda.trt_common import (
+    DEFAULT_FLAVOR,
+    FLAVORS,
+    GPU_HINT,
+    SIDECAR_FORMAT,
+    Flavor,
+    TrtError,
+    TrtUnavailable,
+    compute_capability_enum,
+    cuda_check,
+    engine_validity,
+    flavor_of,
+    gpu_properties,
+    import_cudart,
+    import_tensorrt,
+    make_logger,
+    mismatch,
+    parse_compute_capabilities,
+    read_sidecar,
+    sidecar_path,
+)
 
 __all__ = [
+    "DEFAULT_FLAVOR",
     "DEFAULT_OPT_LEVEL",
     "DEFAULT_PROFILE",
+    "FLAVORS",
     "GPU_HINT",
     "INSTALL_HINT",
     "MIN_TENSORRT",
     "BatchProfile",
     "BuildReport",
+    "GemmLayer",
+    "NetworkStats",
     "TrtError",
     "TrtUnavailable",
     "build_engine",
@@ -55,27 +81,23 @@ __all__ = [
     "import_cudart",
     "import_tensorrt",
     "inspect_engine",
+    "network_stats",
     "parse_batch_profile",
+    "parse_compute_capabilities",
     "read_sidecar",
     "sidecar_path",
 ]
 
-MIN_TENSORRT = (10, 12)  # strong typing "fully available from 10.12"
+MIN_TENSORRT = FLAVORS["tensorrt"].min_version
 DEFAULT_OPT_LEVEL = 3
-INSTALL_HINT = "pip install 'loda[gpu]' (tensorrt>=10.12, cuda-python)"
-GPU_HINT = "TensorRT engines need an NVIDIA GPU with its driver installed"
-SIDECAR_FORMAT = "loda-trt-engine/1"
-INPUT_NAME = "crops"  # as loda.export.onnx.INPUT_NAME (not imported: that module imports torch)
+INSTALL_HINT = FLAVORS["tensorrt"].install_hint
+
+# Kept for callers of the names before loda.trt_common existed.
+_cuda_check = cuda_check
+_make_logger = make_logger
+_mismatch = mismatch
 
 Log = Callable[[str], None]
-
-
-class TrtError(LodaError):
-    """The engine cannot be built or read."""
-
-
-class TrtUnavailable(TrtError):
-    """TensorRT, cuda-python or an NVIDIA GPU is missing."""
 
 
 def _log_stderr(message: str) -> None:
@@ -126,125 +148,169 @@ def parse_batch_profile(text: str) -> BatchProfile:
 
 
 # --------------------------------------------------------------------------------------------
-# Optional dependencies and the GPU
+# The parsed network: layers and GEMM precision as TensorRT sees them
 # --------------------------------------------------------------------------------------------
 
 
-def import_tensorrt() -> Any:
-    """The ``tensorrt`` module (>= 10.12), or :class:`TrtUnavailable`."""
-    try:
-        import tensorrt as trt
-    except ImportError as exc:
-        missing = getattr(exc, "name", None) in ("tensorrt", None)
-        cause = "TensorRT is not installed" if missing else f"TensorRT cannot be imported ({exc})"
-        raise TrtUnavailable(f"{cause}: {INSTALL_HINT}; {GPU_HINT}") from None
-    except OSError as exc:  # libnvinfer / libcudart not found
-        raise TrtUnavailable(
-            f"TensorRT's libraries cannot be loaded ({exc}): {INSTALL_HINT}; {GPU_HINT}"
-        ) from None
-    version = tuple(int(p) for p in trt.__version__.split(".")[:2] if p.isdigit())
-    if version < MIN_TENSORRT:
-        raise TrtUnavailable(
-            f"TensorRT {trt.__version__} is too old: strongly typed builds need >= "
-            f"{MIN_TENSORRT[0]}.{MIN_TENSORRT[1]}; {INSTALL_HINT}"
+@dataclass(frozen=True)
+class GemmLayer:
+    name: str
+    kind: str  # MATRIX_MULTIPLY | CONVOLUTION | ...
+    flops: int | None  # multiply-adds counted as 2 FLOPs, per crop (batch 1); None: unknown shape
+    dtype: str  # what TensorRT computes it in: FLOAT, HALF, BF16, INT8 (Q/DQ-fed), FP8, ...
+
+
+@dataclass(frozen=True)
+class NetworkStats:
+    """Layer count of a parsed network and its GEMM layers with their compute data type."""
+
+    layers: int
+    int64_layers: int  # layers with an INT64 output: shape arithmetic
+    gemms: tuple[GemmLayer, ...]
+
+    def flops(self, dtype: str | None = None) -> int:
+        return sum(g.flops or 0 for g in self.gemms if dtype is None or g.dtype == dtype)
+
+    def shares(self) -> dict[str, float]:
+        """Share of the GEMM FLOPs per data type, largest first."""
+        total = self.flops()
+        if not total:
+            return {}
+        per: dict[str, int] = {}
+        for g in self.gemms:
+            per[g.dtype] = per.get(g.dtype, 0) + (g.flops or 0)
+        return {k: v / total for k, v in sorted(per.items(), key=lambda kv: -kv[1])}
+
+    def share(self, dtype: str) -> float:
+        return self.shares().get(dtype, 0.0)
+
+    @property
+    def unknown(self) -> list[str]:
+        return [g.name for g in self.gemms if g.flops is None]
+
+    def describe(self) -> str:
+        shares = ", ".join(f"{k} {v:.1%}" for k, v in self.shares().items()) or "none"
+        unknown = f"; {len(self.unknown)} of unknown shape" if self.unknown else ""
+        return (
+            f"{len(self.gemms)} GEMM layers, {self.flops() / 1e9:.2f} GFLOP per crop: "
+            f"{shares}{unknown}"
         )
-    return trt
+
+    def to_dict(self) -> dict[str, Any]:
+        per_kind: dict[str, dict[str, int]] = {}
+        for g in self.gemms:
+            d = per_kind.setdefault(g.kind, {})
+            d[g.dtype] = d.get(g.dtype, 0) + (g.flops or 0)
+        return {
+            "layers": self.layers,
+            "int64_layers": self.int64_layers,
+            "gemm_layers": len(self.gemms),
+            "gemm_flops_per_crop": self.flops(),
+            "gemm_flop_share": {k: round(v, 6) for k, v in self.shares().items()},
+            "gemm_flops_by_kind": per_kind,
+            "gemm_unknown_shape": self.unknown,
+        }
 
 
-def import_cudart() -> Any:
-    """``cuda.bindings.runtime`` (cuda-python), or :class:`TrtUnavailable`."""
-    try:
-        from cuda.bindings import runtime as cudart
-    except ImportError:
-        raise TrtUnavailable(
-            f"cuda-python (cuda.bindings) is not installed: {INSTALL_HINT}; {GPU_HINT}"
-        ) from None
-    return cudart
+_GEMM_KINDS = ("MATRIX_MULTIPLY", "CONVOLUTION", "DECONVOLUTION", "FULLY_CONNECTED")
+# Layers that move data without computing on it: a DEQUANTIZE behind them still feeds the GEMM.
+_DATA_MOVEMENT = ("SHUFFLE", "SQUEEZE", "UNSQUEEZE", "IDENTITY", "SLICE")
 
 
-def _cuda_check(cudart: Any, result: Any, what: str) -> Any:
-    """cuda-python returns ``(err, *values)``; raise on an error, return the value(s)."""
-    err, *values = result if isinstance(result, tuple) else (result,)
-    if err != cudart.cudaError_t.cudaSuccess:
-        name = err.name if hasattr(err, "name") else str(err)
-        raise TrtUnavailable(f"{what} failed: {name} ({GPU_HINT})")
-    if not values:
+def _prod(dims: Any) -> int | None:
+    n = 1
+    for d in dims:
+        if int(d) < 0:
+            return None
+        n *= int(d)
+    return n
+
+
+def _gemm_flops(trt: Any, layer: Any, kind: str) -> int | None:
+    out = _prod(layer.get_output(0).shape)
+    if out is None:
         return None
-    return values[0] if len(values) == 1 else tuple(values)
+    if kind == "MATRIX_MULTIPLY":
+        layer.__class__ = trt.IMatrixMultiplyLayer
+        a = tuple(layer.get_input(0).shape)
+        k = a[-2] if layer.op0 == trt.MatrixOperation.TRANSPOSE else a[-1]
+        return None if k < 0 else 2 * out * int(k)
+    if kind in ("CONVOLUTION", "DECONVOLUTION"):
+        cls = trt.IConvolutionLayer if kind == "CONVOLUTION" else trt.IDeconvolutionLayer
+        layer.__class__ = cls
+        kernel = layer.get_input(1) if layer.num_inputs > 1 else None
+        if kernel is not None:
+            per_out = _prod(tuple(kernel.shape)[1:])
+        else:
+            maps = int(layer.num_output_maps) or 1
+            per_out = int(layer.kernel.size) // maps
+        if not per_out:
+            return None
+        if kind == "DECONVOLUTION":  # every input element meets the whole kernel slice
+            inp = _prod(layer.get_input(0).shape)
+            return None if inp is None else 2 * inp * int(layer.kernel.size or 0)
+        return 2 * out * per_out
+    return None  # FULLY_CONNECTED: not in TensorRT >= 10
 
 
-def gpu_properties(device: int = 0) -> dict[str, Any]:
-    """Name, compute capability, memory, driver and runtime versions of CUDA device ``device``."""
-    cudart = import_cudart()
-    count = _cuda_check(cudart, cudart.cudaGetDeviceCount(), "cudaGetDeviceCount")
-    if not count:
-        raise TrtUnavailable(f"no CUDA device found ({GPU_HINT})")
-    if not 0 <= device < count:
-        raise TrtError(f"CUDA device {device} does not exist ({count} found)")
-    props = _cuda_check(cudart, cudart.cudaGetDeviceProperties(device), "cudaGetDeviceProperties")
-    name = props.name
-    if isinstance(name, bytes | bytearray):
-        name = bytes(name).split(b"\0", 1)[0].decode("utf-8", "replace")
-    driver = _cuda_check(cudart, cudart.cudaDriverGetVersion(), "cudaDriverGetVersion")
-    runtime = _cuda_check(cudart, cudart.cudaRuntimeGetVersion(), "cudaRuntimeGetVersion")
-    return {
-        "index": device,
-        "name": str(name).strip(),
-        "compute_capability": f"{props.major}.{props.minor}",
-        "total_memory_bytes": int(props.totalGlobalMem),
-        "cuda_driver_version": _cuda_version(driver),
-        "cuda_runtime_version": _cuda_version(runtime),
-    }
+def _quantized_dtype(trt: Any, tensor: Any, producers: dict[str, Any]) -> str | None:
+    """The quantized type a GEMM input is dequantized from (Q/DQ), or None."""
+    seen = 0
+    while tensor is not None and seen < 16:
+        layer = producers.get(tensor.name)
+        if layer is None:
+            return None
+        kind = layer.type.name
+        if kind == "DEQUANTIZE":
+            source = layer.get_input(0)
+            return source.dtype.name if source is not None else None
+        source = layer.get_input(0)
+        if kind not in _DATA_MOVEMENT or source is None or source.dtype != tensor.dtype:
+            return None  # computes, or casts: not a plain Q/DQ feed
+        tensor = source
+        seen += 1
+    return None
 
 
-def _cuda_version(v: int) -> str:
-    return f"{int(v) // 1000}.{int(v) % 1000 // 10}"
+def network_stats(trt: Any, network: Any, crop_size: int) -> NetworkStats:
+    """Layers and GEMM precision of a parsed network (no GPU needed).
 
-
-def _make_logger(trt: Any, log: Log) -> Any:
-    """A ``trt.ILogger`` that keeps every error and forwards errors and warnings to ``log``."""
-
-    class CapturingLogger(trt.ILogger):
-        def __init__(self) -> None:
-            trt.ILogger.__init__(self)
-            self.errors: list[str] = []
-            self.warnings: list[str] = []
-
-        def log(self, severity: Any, msg: str) -> None:
-            sev = trt.ILogger.Severity
-            if severity in (sev.INTERNAL_ERROR, sev.ERROR):
-                self.errors.append(msg)
-                log(f"tensorrt: [E] {msg}")
-            elif severity == sev.WARNING:
-                self.warnings.append(msg)
-                log(f"tensorrt: [W] {msg}")
-
-    return CapturingLogger()
-
-
-# --------------------------------------------------------------------------------------------
-# Sidecar
-# --------------------------------------------------------------------------------------------
-
-
-def sidecar_path(engine_path: str | os.PathLike) -> Path:
-    """``model.engine`` -> ``model.engine.json``."""
-    p = Path(engine_path)
-    return p.with_name(p.name + ".json")
-
-
-def read_sidecar(engine_path: str | os.PathLike) -> dict[str, Any] | None:
-    """The sidecar JSON of an engine, or None when there is none."""
-    path = sidecar_path(engine_path)
-    if not path.is_file():
-        return None
+    FLOPs are counted at one crop: the dynamic batch of the input is set to 1 while the shapes
+    are read, then restored. A GEMM whose every input is dequantized (Q/DQ) counts as the
+    quantized type (TensorRT fuses Q/DQ into the GEMM); otherwise it is its input's type.
+    """
+    inp = network.get_input(0)
+    saved = tuple(inp.shape)
+    if saved and saved[0] < 0:
+        inp.shape = (1, *saved[1:])
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise TrtError(f"sidecar {path} is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise TrtError(f"sidecar {path} is not a JSON object")
-    return data
+        producers: dict[str, Any] = {}
+        int64 = 0
+        for i in range(network.num_layers):
+            layer = network.get_layer(i)
+            outs = [layer.get_output(j) for j in range(layer.num_outputs)]
+            for t in outs:
+                producers[t.name] = layer
+            if any(t.dtype == trt.DataType.INT64 for t in outs):
+                int64 += 1
+        gemms = []
+        for i in range(network.num_layers):
+            layer = network.get_layer(i)
+            kind = layer.type.name
+            if kind not in _GEMM_KINDS:
+                continue
+            inputs = [layer.get_input(j) for j in range(layer.num_inputs)]
+            inputs = [t for t in inputs if t is not None]
+            quant = [_quantized_dtype(trt, t, producers) for t in inputs]
+            # A convolution with its weights inside the layer: only the activation is checked.
+            if quant and all(quant) and (kind == "MATRIX_MULTIPLY" or len(inputs) > 1):
+                dtype = quant[0]
+            else:
+                dtype = inputs[0].dtype.name
+            gemms.append(GemmLayer(layer.name, kind, _gemm_flops(trt, layer, kind), dtype))
+        return NetworkStats(network.num_layers, int64, tuple(gemms))
+    finally:
+        inp.shape = saved
 
 
 # --------------------------------------------------------------------------------------------
@@ -260,6 +326,7 @@ class BuildReport:
     build_seconds: float
     total_seconds: float
     sidecar: dict[str, Any]
+    network: NetworkStats
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -270,8 +337,6 @@ class BuildReport:
 def _read_onnx_record(onnx_path: Path) -> tuple[dict[str, str], int]:
     """metadata_props and the crop size of a LoDa ONNX file (weights not loaded)."""
     import onnx
-
-    from loda.export.onnx import read_onnx_metadata
 
     try:
         model = onnx.load(str(onnx_path), load_external_data=False)
@@ -322,25 +387,81 @@ def _parser_errors(parser: Any) -> list[str]:
     return lines
 
 
+def _configure_flavor(
+    f: Flavor,
+    trt: Any,
+    config: Any,
+    *,
+    compute_capabilities: tuple[str, ...] | None,
+    timing_cache: Path | None,
+    log: Log,
+) -> tuple[dict[str, Any], Callable[[], None]]:
+    """What the flavors do differently: targets (RTX) or a timing cache (TensorRT).
+
+    Returns the flavor's sidecar fields and a function to call after a successful build.
+    """
+    if f.name == "rtx":
+        targets: list[str] | str = "default"
+        if compute_capabilities:
+            values = [compute_capability_enum(trt, cc) for cc in compute_capabilities]
+            config.num_compute_capabilities = len(values)
+            for i, value in enumerate(values):
+                config.set_compute_capability(value, i)
+            targets = list(compute_capabilities)
+        return {"compute_capabilities": targets, "timing_cache": None}, lambda: None
+
+    cache_info: dict[str, Any] | None = None
+    if timing_cache is not None:
+        blob = timing_cache.read_bytes() if timing_cache.is_file() else b""
+        cache = config.create_timing_cache(blob)
+        loaded = bool(config.set_timing_cache(cache, ignore_mismatch=False))
+        if blob and not loaded:
+            log(
+                f"timing cache {timing_cache} does not match this GPU or TensorRT version; "
+                "building without its entries (it will be rewritten)"
+            )
+            cache = config.create_timing_cache(b"")
+            config.set_timing_cache(cache, ignore_mismatch=False)
+        cache_info = {"path": str(timing_cache), "loaded_bytes": len(blob) if loaded else 0}
+
+    def save_cache() -> None:
+        if cache_info is not None:
+            serialized = bytes(config.get_timing_cache().serialize())
+            write_bytes_atomic(Path(cache_info["path"]), serialized)
+            cache_info["saved_bytes"] = len(serialized)
+
+    fields = {
+        "timing_cache": cache_info,
+        "hardware_compatibility_level": "NONE",
+        "version_compatible": False,
+    }
+    return fields, save_cache
+
+
 def build_engine(
     onnx_path: str | os.PathLike,
     engine_path: str | os.PathLike,
     *,
+    flavor: str | Flavor = DEFAULT_FLAVOR,
+    compute_capabilities: tuple[str, ...] | None = None,
     profile: BatchProfile = DEFAULT_PROFILE,
     workspace_gb: float | None = None,
     timing_cache: str | os.PathLike | None = None,
     opt_level: int = DEFAULT_OPT_LEVEL,
     log: Log | None = _log_stderr,
 ) -> BuildReport:
-    """Build a strongly typed TensorRT engine from a LoDa ONNX file.
+    """Build a strongly typed engine of ``flavor`` (``rtx`` or ``tensorrt``) from a LoDa ONNX.
 
-    Builds on CUDA device 0 (choose another with ``CUDA_VISIBLE_DEVICES``). Writes
+    ``rtx`` builds on the CPU for ``compute_capabilities`` (default: TensorRT-RTX's own set);
+    ``tensorrt`` builds on CUDA device 0 (choose another with ``CUDA_VISIBLE_DEVICES``). Writes
     ``engine_path`` (the plan bytes) and its sidecar ``<engine>.json``. Raises
-    :class:`TrtUnavailable` without TensorRT, cuda-python or a GPU, :class:`TrtError` when the
-    ONNX cannot be parsed or the build fails (parser errors are logged one node per line).
+    :class:`TrtUnavailable` when the flavor (or, for ``tensorrt``, cuda-python or a GPU) is
+    missing, :class:`TrtError` when the ONNX cannot be parsed (parser errors are logged one
+    node per line; nothing is written) or the build fails.
     """
     log = log or (lambda _m: None)
     start = time.perf_counter()
+    f = flavor_of(flavor)
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
     if not onnx_path.is_file():
         raise TrtError(f"no ONNX file at {onnx_path}")
@@ -352,35 +473,48 @@ def build_engine(
         raise TrtError(f"builder optimisation level must be 0..5, got {opt_level}")
     if workspace_gb is not None and workspace_gb <= 0:
         raise TrtError(f"workspace must be > 0 GB, got {workspace_gb}")
+    if timing_cache is not None and not f.timing_cache:
+        raise TrtError(
+            f"{f.label} builds take no timing cache (it would make the build query a GPU); "
+            "drop --timing-cache"
+        )
+    if compute_capabilities and not f.compute_capability_targets:
+        raise TrtError(
+            f"{f.label} builds for the GPU it runs on; --compute-capability is for --flavor rtx"
+        )
 
-    trt = import_tensorrt()
-    gpu = gpu_properties(0)
+    trt = import_tensorrt(f)
+    for cc in compute_capabilities or ():
+        compute_capability_enum(trt, cc)  # an unknown target fails before the parse
+    gpu = gpu_properties(0) if f.build_needs_gpu else None
 
-    # After the TensorRT/GPU checks: loda.export.onnx imports torch.
-    from loda.export.onnx import sha256_file
     from loda.metadata import now_utc
 
     meta, crop = _read_onnx_record(onnx_path)
     precision = meta.get("loda.precision", "fp32")
     onnx_sha = sha256_file(onnx_path)
 
-    logger = _make_logger(trt, log)
+    logger = make_logger(trt, log)
     try:
         builder = trt.Builder(logger)
     except (RuntimeError, TypeError) as exc:  # pybind: "factory function returned nullptr"
         detail = logger.errors[-1] if logger.errors else str(exc)
-        raise TrtUnavailable(f"TensorRT cannot create a builder: {detail} ({GPU_HINT})") from None
-    # Strong typing: required on 10.x, the only mode (flag ignored) on 11.x. No EXPLICIT_BATCH.
+        hint = f" ({GPU_HINT})" if f.build_needs_gpu else ""
+        raise TrtUnavailable(f"{f.label} cannot create a builder: {detail}{hint}") from None
+    # Strong typing: required on 10.x, the only mode on 11.x and TensorRT-RTX. No EXPLICIT_BATCH.
     network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     parser = trt.OnnxParser(network, logger)
-    log(f"parsing {onnx_path} ({precision})")
-    if not parser.parse_from_file(str(onnx_path)):
+    log(f"parsing {onnx_path} ({precision}) with {f.label} {trt.__version__}")
+    logger.mute = True  # node errors are reported below, one line each
+    parsed = parser.parse_from_file(str(onnx_path))
+    logger.mute = False
+    if not parsed:
         lines = _parser_errors(parser)
         for line in lines:
             log(f"parser: {line}")
         first = lines[0] if lines else (logger.errors[-1] if logger.errors else "unknown error")
         raise TrtError(
-            f"TensorRT {trt.__version__} cannot parse {onnx_path}: {len(lines)} error(s); "
+            f"{f.label} {trt.__version__} cannot parse {onnx_path}: {len(lines)} node error(s); "
             f"first: {first}"
         )
     if network.num_inputs != 1 or network.get_input(0).name != INPUT_NAME:
@@ -392,6 +526,9 @@ def build_engine(
             f"{onnx_path} has a fixed batch of {input_shape[0]}; --batch {profile} needs a "
             "dynamic batch dimension (re-export with loda-export)"
         )
+    stats = network_stats(trt, network, crop)
+    log(f"network: {stats.layers} layers ({stats.int64_layers} with INT64 outputs)")
+    log(f"GEMM precision (TensorRT network): {stats.describe()}")
 
     config = builder.create_builder_config()
     opt_profile = builder.create_optimization_profile()
@@ -404,39 +541,38 @@ def build_engine(
     if not tf32:
         # TF32 is on by default; an FP32 graph is the parity reference: keep GEMMs in FP32.
         config.clear_flag(trt.BuilderFlag.TF32)
-
-    cache_info: dict[str, Any] | None = None
-    if timing_cache is not None:
-        cache_path = Path(timing_cache)
-        blob = cache_path.read_bytes() if cache_path.is_file() else b""
-        cache = config.create_timing_cache(blob)
-        loaded = bool(config.set_timing_cache(cache, ignore_mismatch=False))
-        if blob and not loaded:
-            log(
-                f"timing cache {cache_path} does not match this GPU or TensorRT version; "
-                "building without its entries (it will be rewritten)"
-            )
-            cache = config.create_timing_cache(b"")
-            config.set_timing_cache(cache, ignore_mismatch=False)
-        cache_info = {"path": str(cache_path), "loaded_bytes": len(blob) if loaded else 0}
-
+    flavor_fields, after_build = _configure_flavor(
+        f,
+        trt,
+        config,
+        compute_capabilities=tuple(compute_capabilities or ()),
+        timing_cache=None if timing_cache is None else Path(timing_cache),
+        log=log,
+    )
+    where = (
+        f"on {gpu['name']} (sm {gpu['compute_capability']})"
+        if gpu
+        else "for "
+        + (
+            f"compute capabilities {','.join(compute_capabilities)}"
+            if compute_capabilities
+            else "TensorRT-RTX's default compute capabilities"
+        )
+        + " (no GPU needed)"
+    )
     log(
-        f"building TensorRT {trt.__version__} engine on {gpu['name']} "
-        f"(sm {gpu['compute_capability']}): batch {profile}, opt level {opt_level}, "
-        f"TF32 {'on' if tf32 else 'off'}"
+        f"building {f.label} {trt.__version__} engine {where}: batch {profile}, "
+        f"opt level {opt_level}, TF32 {'on' if tf32 else 'off'}"
     )
     t0 = time.perf_counter()
     plan = builder.build_serialized_network(network, config)
     build_seconds = time.perf_counter() - t0
     if plan is None:
-        detail = logger.errors[-1] if logger.errors else "no error message from TensorRT"
-        raise TrtError(f"TensorRT engine build failed: {detail}")
+        detail = logger.errors[-1] if logger.errors else f"no error message from {f.label}"
+        raise TrtError(f"{f.label} engine build failed: {detail}")
     plan_bytes = bytes(plan)
-
-    if cache_info is not None:
-        serialized = bytes(config.get_timing_cache().serialize())
-        write_bytes_atomic(Path(cache_info["path"]), serialized)
-        cache_info["saved_bytes"] = len(serialized)
+    del plan
+    after_build()
 
     engine_path.parent.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(engine_path, plan_bytes)  # the plan, untouched
@@ -444,9 +580,11 @@ def build_engine(
     sidecar = {
         "format": SIDECAR_FORMAT,
         "engine": engine_path.name,
+        "flavor": f.name,
+        "flavor_label": f.label,
+        "tensorrt_version": trt.__version__,
         "plan_sha256": hashlib.sha256(plan_bytes).hexdigest(),
         "plan_bytes": len(plan_bytes),
-        "tensorrt_version": trt.__version__,
         "gpu": gpu,
         "precision": precision,
         "tf32": tf32,
@@ -460,9 +598,8 @@ def build_engine(
         },
         "builder_optimization_level": opt_level,
         "workspace_bytes": None if workspace_gb is None else int(workspace_gb * 2**30),
-        "timing_cache": cache_info,
-        "hardware_compatibility_level": "NONE",
-        "version_compatible": False,
+        **flavor_fields,
+        "network": stats.to_dict(),
         "onnx": {"file": onnx_path.name, "sha256": onnx_sha},
         "loda": loda_record,
         "loda_io": json.loads(meta["loda.io"]) if "loda.io" in meta else None,
@@ -478,6 +615,7 @@ def build_engine(
         build_seconds=build_seconds,
         total_seconds=time.perf_counter() - start,
         sidecar=sidecar,
+        network=stats,
         warnings=list(logger.warnings),
     )
 
@@ -485,23 +623,6 @@ def build_engine(
 # --------------------------------------------------------------------------------------------
 # Inspect
 # --------------------------------------------------------------------------------------------
-
-
-def _mismatch(sidecar: dict[str, Any] | None, trt_version: str, gpu: dict[str, Any] | None) -> str:
-    """Why a plan may not load here, from its sidecar ('' when nothing differs or unknown)."""
-    if not sidecar:
-        return ""
-    reasons = []
-    built = sidecar.get("tensorrt_version")
-    if built and built != trt_version:
-        reasons.append(f"built with TensorRT {built}, this is {trt_version}")
-    built_gpu = sidecar.get("gpu") or {}
-    if gpu and built_gpu.get("compute_capability") not in (None, gpu["compute_capability"]):
-        reasons.append(
-            f"built on {built_gpu.get('name')} (sm {built_gpu.get('compute_capability')}), "
-            f"this is {gpu['name']} (sm {gpu['compute_capability']})"
-        )
-    return "; ".join(reasons)
 
 
 def _io_tensors(trt: Any, engine: Any) -> list[dict[str, Any]]:
@@ -522,14 +643,26 @@ def _io_tensors(trt: Any, engine: Any) -> list[dict[str, Any]]:
     return out
 
 
+def _engine_layers(trt: Any, engine: Any) -> int | None:
+    """Number of layers of a deserialised engine (its inspector), or None when unavailable."""
+    try:
+        inspector = engine.create_engine_inspector()
+        info = json.loads(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
+    except Exception:  # inspector missing or no JSON: the count is optional
+        return None
+    layers = info.get("Layers") if isinstance(info, dict) else None
+    return len(layers) if isinstance(layers, list) else None
+
+
 def inspect_engine(
     engine_path: str | os.PathLike, *, log: Log | None = _log_stderr
 ) -> dict[str, Any]:
-    """``{"engine", "plan_sha256", "sidecar", "io", "note"}`` for an engine file.
+    """``{"engine", "plan_sha256", "sidecar", "io", "layers", "note"}`` for an engine file.
 
-    ``io`` lists the I/O tensors (name, mode, dtype, shape, profile) when TensorRT and a GPU
-    are present; otherwise it is None and ``note`` says what is missing. A plan TensorRT cannot
-    deserialise raises :class:`TrtError` with TensorRT's error and the sidecar mismatch.
+    ``io`` lists the I/O tensors (name, mode, dtype, shape, profile) and ``layers`` the engine's
+    layer count when the flavor named by the sidecar (TensorRT when there is none) and a GPU
+    are present; otherwise they are None and ``note`` says what is missing. A plan that cannot
+    be deserialised raises :class:`TrtError` with the reason.
     """
     log = log or (lambda _m: None)
     engine_path = Path(engine_path)
@@ -543,6 +676,7 @@ def inspect_engine(
         "plan_sha256": hashlib.sha256(plan).hexdigest(),
         "sidecar": sidecar,
         "io": None,
+        "layers": None,
         "note": None,
     }
     if sidecar is None:
@@ -550,22 +684,47 @@ def inspect_engine(
     elif sidecar.get("plan_sha256") not in (None, result["plan_sha256"]):
         log(f"the sidecar {sidecar_path(engine_path)} describes another plan (sha256 differs)")
     try:
-        trt = import_tensorrt()
-        gpu = gpu_properties()
+        f = flavor_of(str((sidecar or {}).get("flavor", "tensorrt")))
+    except TrtError as exc:
+        raise TrtError(f"sidecar {sidecar_path(engine_path)}: {exc}") from None
+    try:
+        trt = import_tensorrt(f)
+        if f.name == "rtx":
+            logger = make_logger(trt, lambda _m: None)
+            verdict, reason = engine_validity(trt, trt.Runtime(logger), plan, logger)
+            result["validity"] = {"verdict": verdict, "reason": reason}
+            if verdict == "INVALID":
+                result["note"] = (
+                    f"{f.label} {trt.__version__} cannot run {engine_path} here: "
+                    f"{reason or 'invalid engine'}"
+                )
+                return result
+            gpu = _rtx_gpu()
+        else:
+            gpu = gpu_properties()
     except TrtUnavailable as exc:
-        result["note"] = f"the I/O listing needs TensorRT and a GPU: {exc}"
+        result["note"] = f"the I/O listing needs {f.label} and a GPU: {exc}"
         return result
-    logger = _make_logger(trt, lambda _m: None)
+    logger = make_logger(trt, lambda _m: None)
     runtime = trt.Runtime(logger)
     engine = runtime.deserialize_cuda_engine(plan)
     if engine is None:
-        why = _mismatch(sidecar, trt.__version__, gpu)
-        detail = logger.errors[-1] if logger.errors else "no error message from TensorRT"
+        why = mismatch(sidecar, trt.__version__, gpu, f)
+        detail = logger.errors[-1] if logger.errors else f"no error message from {f.label}"
         raise TrtError(
-            f"TensorRT {trt.__version__} cannot load {engine_path}: {detail}"
+            f"{f.label} {trt.__version__} cannot load {engine_path}: {detail}"
             + (f" ({why}; rebuild with loda-trt build)" if why else "")
         )
     result["io"] = _io_tensors(trt, engine)
+    result["layers"] = _engine_layers(trt, engine)
     result["tensorrt_version"] = trt.__version__
     result["gpu"] = gpu
     return result
+
+
+def _rtx_gpu() -> dict[str, Any] | None:
+    """The GPU where cuda-python can say (TensorRT-RTX itself needs no cuda-python)."""
+    try:
+        return gpu_properties()
+    except TrtUnavailable:
+        return None

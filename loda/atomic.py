@@ -35,14 +35,24 @@ def check_not_an_input(
     output: str | os.PathLike, inputs: Iterable[str | os.PathLike | object], what: str
 ) -> None:
     """Raise :class:`loda.errors.LodaError` when ``output`` is one of the existing files in
-    ``inputs`` (non-path items are ignored): a run must never replace what it reads."""
+    ``inputs`` (non-path items are ignored): a run must never replace what it reads.
+
+    Files are compared by identity (device and inode: a link or another spelling is caught);
+    ``inputs`` may be a long lazy stream (every file of a folder walk): one ``stat`` each.
+    """
+    import stat
+
     from .errors import LodaError
 
-    out = Path(output)
-    if not out.is_file():
+    try:
+        out = os.stat(output)
+    except OSError:
+        return
+    if not stat.S_ISREG(out.st_mode):
         return
     for item in inputs:
         if isinstance(item, str | os.PathLike):
             with contextlib.suppress(OSError):
-                if Path(item).is_file() and out.samefile(item):
-                    raise LodaError(f"output {output} would overwrite {what} {item}")
+                st = os.stat(item)
+                if (st.st_dev, st.st_ino) == (out.st_dev, out.st_ino):
+                    raise LodaError(f"output {output} would overwrite {what} {os.fspath(item)}")

@@ -86,7 +86,10 @@ def import_authors_cmd(checkpoint, output, config, vit_weights, cnn_weights) -> 
 def info_cmd(checkpoint) -> None:
     """Print a checkpoint's metadata record as JSON (no tensors are loaded)."""
     from .metadata import read_safetensors_metadata
+    from .onnx_files import check_onnx_file
 
+    if checkpoint.suffix.lower() == ".onnx":
+        check_onnx_file(checkpoint)  # a hostile or damaged model: one line naming why
     meta, _ = read_safetensors_metadata(checkpoint)
     click.echo(json.dumps(meta.to_dict(), indent=2, sort_keys=True))
 

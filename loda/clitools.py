@@ -6,15 +6,17 @@ Exit codes (all LoDa commands): 0 success, 1 failure (bad input file, failed che
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import click
 
 from .errors import LodaError, first_line
 from .launch import missing_extra_message
 
-__all__ = ["USER_ERRORS", "run"]
+__all__ = ["USER_ERRORS", "parse_data_spec", "run"]
 
 # Errors caused by the user's input. Anything else is a bug and keeps its traceback. OSError:
 # a path the user named cannot be read or written (missing, a file where a folder must be,
@@ -57,3 +59,33 @@ def _message(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
         return f"cannot use {exc.filename}: {exc.strerror}"
     return first_line(exc)
+
+
+_SPEC_OPTIONS = re.compile(r"\?(\w+=[^&?]*(?:&\w+=[^&?]*)*)$")
+
+
+def parse_data_spec(spec: str):
+    """``KIND:ROOT[?KEY=VALUE&...]`` or ``file.csv`` -> (kind, Dataset); the options go to
+    the reader (``koniq10k:ROOT?image_dir=512x384``, ``livec:ROOT?training_images=keep``)."""
+    from .datasets import READERS, read_dataset
+
+    kind, sep, root = spec.partition(":")
+    if sep and kind in READERS:
+        options = {}
+        match = _SPEC_OPTIONS.search(root)
+        if match:
+            root = root[: match.start()]
+            options = dict(pair.split("=", 1) for pair in match.group(1).split("&"))
+        elif "?" in root and not Path(root).exists():
+            raise click.BadParameter(
+                f"{spec!r}: reader options are KIND:ROOT?KEY=VALUE[&KEY=VALUE]", param_hint="--data"
+            )
+        if not root:
+            raise click.BadParameter(f"{spec!r}: no ROOT after {kind}:", param_hint="--data")
+        return kind, read_dataset(kind, root, **options)
+    if spec.endswith(".csv") or Path(spec).is_dir():
+        return "csv", read_dataset("csv", spec)
+    raise click.BadParameter(
+        f"{spec!r}: use KIND:ROOT with KIND one of {', '.join(sorted(READERS))}, or a .csv file",
+        param_hint="--data",
+    )

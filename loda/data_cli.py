@@ -13,9 +13,9 @@ import click
 
 from .atomic import atomic_path, check_not_an_input
 from .clitools import run
-from .errors import LodaError
+from .sources import manifest_path
 
-__all__ = ["cli", "main", "manifest_path", "read_manifest_mos"]
+__all__ = ["cli", "main"]
 
 
 def _parse_size(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, int]:
@@ -128,36 +128,6 @@ def pack_cmd(
         f"its manifest {manifest}; next: loda-score {output} -m MODEL -o scores.csv",
         err=True,
     )
-
-
-def manifest_path(archive: Path) -> Path:
-    """The manifest ``loda-data pack`` writes beside an archive: ``ARCHIVE.csv``."""
-    return archive.with_name(archive.name + ".csv")
-
-
-def read_manifest_mos(archive: Path) -> dict[str, float]:
-    """member name -> MOS from the manifest beside ``archive`` (empty when there is none).
-
-    Sources are ``PATH::member`` with PATH the archive as it was named to ``loda-data pack``,
-    so members are found after the archive's file name and ``::``.
-    """
-    import csv
-
-    manifest = manifest_path(archive)
-    if not manifest.is_file():
-        return {}
-    marker = f"{archive.name}::"
-    out = {}
-    with open(manifest, newline="", encoding="utf-8") as f:
-        for row in csv.DictReader(f):
-            source, mos = row.get("source") or "", row.get("mos")
-            at = source.find(marker)
-            if at >= 0 and mos:
-                try:
-                    out[source[at + len(marker) :]] = float(mos)
-                except ValueError:
-                    raise LodaError(f"{manifest}: mos {mos!r} is not a number") from None
-    return out
 
 
 def main() -> None:

@@ -12,11 +12,13 @@ kind        label file(s)                                     original scale  sy
 ==========  ===============================================  ==============  =========
 koniq10k    koniq10k_scores_and_distributions.csv (``MOS``)   MOS 1-5 up      no
 kadid10k    dmos.csv (``dist_img, ref_img, dmos``)            MOS 1-5 up      yes (ref)
-live        dmos.mat + refnames_all.mat (release 2)           DMOS 0-100 down yes (ref)
+live        dmos.mat + refnames_all.mat (release 2; or        DMOS 0-100 down yes (ref)
+            dmos_realigned.mat with ``?dmos=realigned``)
 tid2013     mos_with_names.txt                                MOS 0-9 up      yes (ref)
 livec       Data/AllImages_release.mat + AllMOS_release.mat   MOS 0-100 up    no
 spaq        MOS and Image attribute scores.xlsx               MOS 0-100 up    no
-flive       labels_image.csv (``name, mos``)                  MOS 0-100 up    no
+flive       labels_image.csv (``name, mos``; at the root or   MOS 0-100 up    no
+            in ``database/``, the PaQ-2-PiQ repository)
 csv         generic ``path,mos[,ref]`` CSV                    as given, up    iff ``ref``
 ==========  ===============================================  ==============  =========
 
@@ -492,8 +494,11 @@ LIVE_OFFICIAL_COUNTS = {"jp2k": 227, "jpeg": 233, "wn": 174, "gblur": 174, "fast
 
 _LIVE_IMG = re.compile(r"img(\d+)\.bmp", re.IGNORECASE)
 
+LIVE_DMOS = {"original": ("dmos.mat", "dmos"), "realigned": ("dmos_realigned.mat", "dmos_new")}
+"""LIVE label choices: ``dmos`` option -> (file, DMOS variable); both files hold ``orgs``."""
 
-def read_live(root: str | os.PathLike[str]) -> Dataset:
+
+def read_live(root: str | os.PathLike[str], *, dmos: str = "original") -> Dataset:
     """LIVE IQA release 2 (Sheikh et al. 2006), synthetic, 779 distorted images of 29 refs.
 
     Reads ``dmos.mat`` (``dmos`` and ``orgs``, 1xN each) and ``refnames_all.mat``
@@ -508,24 +513,36 @@ def read_live(root: str | os.PathLike[str]) -> Dataset:
     DMOS is on a 0-100 scale (roughly; a few values fall slightly outside), **lower is
     better**; it is converted with ``to_higher_is_better(dmos, 0, 100)`` (DMOS 20 -> 80),
     ``mos_range = (0, 100)``. ``ref`` is the ``refnames_all`` entry (e.g. ``parrots.bmp``).
+
+    ``dmos="original"`` (default, as pyiqa) reads ``dmos.mat`` (``dmos``, ``orgs``);
+    ``dmos="realigned"`` reads the release's realigned scores, ``dmos_realigned.mat``
+    (``dmos_new``, ``orgs``), which the LoDa authors' data script uses (and HyperIQA's);
+    the same conversion applies.
     """
     label = "LIVE"
+    if dmos not in LIVE_DMOS:
+        raise DatasetError(f"{label}: dmos must be one of {', '.join(LIVE_DMOS)}, got {dmos!r}")
     base = _root(label, root)
-    dmos_path = base / "dmos.mat"
+    dmos_file, dmos_var = LIVE_DMOS[dmos]
+    dmos_path = base / dmos_file
     refs_path = base / "refnames_all.mat"
     dmos_mat = _loadmat(label, dmos_path)
-    dmos = _mat_numbers(label, dmos_path, "dmos", _mat_var(label, dmos_path, dmos_mat, "dmos"))
+    dmos_values = _mat_numbers(
+        label, dmos_path, dmos_var, _mat_var(label, dmos_path, dmos_mat, dmos_var)
+    )
     orgs = _mat_numbers(label, dmos_path, "orgs", _mat_var(label, dmos_path, dmos_mat, "orgs"))
     refs_mat = _loadmat(label, refs_path)
     refnames = _mat_strings(
         label, refs_path, "refnames_all", _mat_var(label, refs_path, refs_mat, "refnames_all")
     )
-    n = dmos.size
+    n = dmos_values.size
     if orgs.size != n:
-        raise DatasetError(f"{label}: dmos.mat: dmos has {n} values but orgs has {orgs.size}")
+        raise DatasetError(
+            f"{label}: {dmos_file}: {dmos_var} has {n} values but orgs has {orgs.size}"
+        )
     if len(refnames) != n:
         raise DatasetError(
-            f"{label}: refnames_all.mat has {len(refnames)} names but dmos.mat has {n} values"
+            f"{label}: refnames_all.mat has {len(refnames)} names but {dmos_file} has {n} values"
         )
 
     files: list[Path] = []
@@ -543,12 +560,12 @@ def read_live(root: str | os.PathLike[str]) -> Dataset:
     if len(files) != n:
         official = ", ".join(f"{f} {c}" for f, c in LIVE_OFFICIAL_COUNTS.items())
         raise DatasetError(
-            f"{label}: dmos.mat has {n} entries but the folders hold {len(files)} images "
+            f"{label}: {dmos_file} has {n} entries but the folders hold {len(files)} images "
             f"img1..imgK ({', '.join(counts)}; official release: {official})"
         )
-    _check_images(label, "dmos.mat", files)
+    _check_images(label, dmos_file, files)
 
-    mos = to_higher_is_better(dmos, 0.0, 100.0)
+    mos = to_higher_is_better(dmos_values, 0.0, 100.0)
     samples = [
         Sample(path=files[j], mos=float(mos[j]), ref=refnames[j], name=_name(base, files[j]))
         for j in range(n)
@@ -556,13 +573,14 @@ def read_live(root: str | os.PathLike[str]) -> Dataset:
     ]
     return _finish(
         label,
-        "dmos.mat",
+        dmos_file,
         name="live",
         root=base,
         samples=samples,
         mos_range=(0.0, 100.0),
         synthetic=True,
-        note="DMOS 0-100 (lower is better) converted with to_higher_is_better(dmos, 0, 100)",
+        note=f"DMOS 0-100 (lower is better, {dmos_file} {dmos_var}) converted with "
+        "to_higher_is_better(dmos, 0, 100)",
     )
 
 
@@ -688,13 +706,31 @@ def read_livec(root: str | os.PathLike[str], *, training_images: str = "drop") -
 SPAQ_XLSX = "MOS and Image attribute scores.xlsx"
 
 
-def read_spaq(root: str | os.PathLike[str]) -> Dataset:
+SPAQ_IMAGE_DIR = "TestImage"
+
+
+def _safe_subdir(label: str, base: Path, image_dir: str) -> Path:
+    rel = Path(image_dir)
+    if not image_dir or rel.is_absolute() or ".." in rel.parts:
+        raise DatasetError(
+            f"{label}: image_dir must be a folder inside the root, got {image_dir!r}"
+        )
+    return _require_dir(label, base / rel)
+
+
+def read_spaq(root: str | os.PathLike[str], *, image_dir: str | None = None) -> Dataset:
     """SPAQ (Fang et al. 2020), authentic smartphone photos, 11,125 images.
 
     Reads the first sheet of ``MOS and Image attribute scores.xlsx`` (at the root or in
     ``Annotations/``, as in the release) by header name: ``Image name`` and ``MOS``. MOS is
     on a 0-100 scale, **higher is better**, used as is; ``mos_range = (0, 100)``. Images
-    are in ``TestImage/`` (full resolution; resizing is the pipeline's business).
+    are in ``TestImage/`` (full resolution, ~4000x3000; resizing is the pipeline's business).
+
+    ``image_dir`` reads the images from another folder under the root instead, e.g. a copy
+    resized to a 384 short side (the LoDa authors train from ``TestImage_384/``, PNGs named
+    after the originals). Each image is looked up by its name, else by its stem with any
+    extension (``00001.jpg`` -> ``00001.png``). Sample names stay ``TestImage/<Image name>``
+    so that one split file serves the original and the resized folder.
     """
     import openpyxl
 
@@ -704,7 +740,13 @@ def read_spaq(root: str | os.PathLike[str]) -> Dataset:
     sheet_path = next((p for p in candidates if p.is_file()), None)
     if sheet_path is None:
         raise DatasetError(f"{label}: missing file {candidates[0]} (or {candidates[1]})")
-    images = _require_dir(label, base / "TestImage")
+    images = _safe_subdir(label, base, image_dir or SPAQ_IMAGE_DIR)
+    by_stem: dict[str, Path] | None = None
+    if image_dir is not None:
+        by_stem = {}
+        for entry in sorted(images.iterdir()):
+            if entry.is_file():
+                by_stem.setdefault(entry.stem, entry)
     try:
         wb = openpyxl.load_workbook(sheet_path, read_only=True, data_only=True)
     except Exception as exc:  # zipfile.BadZipFile, InvalidFileException, KeyError, ...
@@ -734,7 +776,10 @@ def read_spaq(root: str | os.PathLike[str]) -> Dataset:
             raise DatasetError(f"{label}: {where}: empty 'Image name'")
         mos = _number(label, where, "MOS", _cell(label, where, row, i_mos, "MOS"))
         path = images / fname
-        samples.append(Sample(path=path, mos=mos, ref=None, name=_name(base, path)))
+        if by_stem is not None and not path.is_file():
+            path = by_stem.get(Path(fname).stem, path)
+        name = f"{SPAQ_IMAGE_DIR}/{fname}"
+        samples.append(Sample(path=path, mos=mos, ref=None, name=name))
     return _finish(
         label,
         sheet_path.name,
@@ -760,10 +805,17 @@ def read_flive(root: str | os.PathLike[str]) -> Dataset:
     ignored and no rows are dropped. MOS is on a 0-100 scale, **higher is better**, used
     as is; ``mos_range = (0, 100)``. The ``name`` paths are relative to ``database/`` when
     the root has that folder, else to the root itself.
+
+    The root may also be a clone of the PaQ-2-PiQ repository (baidut/PaQ-2-PiQ), which
+    keeps the labels in ``database/labels_image.csv`` beside the images: when the root has
+    no ``labels_image.csv`` but ``database/`` does, that file is read.
     """
     label = "FLIVE"
     base = _root(label, root)
-    table = _require_file(label, base / "labels_image.csv")
+    labels = base / "labels_image.csv"
+    if not labels.is_file() and (base / "database" / "labels_image.csv").is_file():
+        labels = base / "database" / "labels_image.csv"
+    table = _require_file(label, labels)
     images = base / "database" if (base / "database").is_dir() else base
     header, rows = _read_csv(label, table)
     i_name = _column(label, table.name, header, "name")
@@ -900,8 +952,8 @@ READERS: dict[str, Callable[..., Dataset]] = {
 def read_dataset(kind: str, root: str | os.PathLike[str], **options: Any) -> Dataset:
     """Read dataset ``kind`` (a key of :data:`READERS`) from ``root``.
 
-    ``options`` go to the reader: ``image_dir`` for ``koniq10k``, ``training_images`` for
-    ``livec``.
+    ``options`` go to the reader: ``image_dir`` for ``koniq10k`` and ``spaq``,
+    ``training_images`` for ``livec``, ``dmos`` for ``live``.
     """
     reader = READERS.get(kind)
     if reader is None:

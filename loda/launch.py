@@ -26,12 +26,15 @@ EXTRA_OF_MODULE = {
     "onnx": "export",
     "onnxscript": "export",
     "onnxconverter_common": "export",
+    "onnxslim": "export",
     "onnxruntime": "cpu",
     "skimage": "demo",
     "sklearn": "demo",
     "tensorrt": "gpu",
     "cuda": "gpu",
     "tensorrt_rtx": "rtx",
+    "ray": "ray",
+    "pyarrow": "ray",
 }
 
 
@@ -82,3 +85,4 @@ loda_calib = _entry("loda.calib.cli:main", "loda-calib")
 loda_trt = _entry("loda.export.trt_cli:main", "loda-trt")
 loda_parity = _entry("loda.parity_cli:main", "loda-parity")
 loda_score = _entry("loda.runtime.cli:main", "loda-score")
+loda_score_ray = _entry("loda.runtime.ray_cli:main", "loda-score-ray")

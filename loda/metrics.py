@@ -5,9 +5,9 @@ per image) and need only numpy and scipy, so they can run in the torch-free runt
 
 SRCC (Spearman rank-order correlation)
     Pearson correlation of the *ranks* of ``pred`` and ``mos``. Tied values get the average
-    of the ranks they span (``scipy.stats.rankdata(method="average")``), which is exactly
-    what ``scipy.stats.spearmanr`` computes. The paper's eq. 6,
-    ``1 - 6 * sum(d_t**2) / (T * (T**2 - 1))`` (its ``d_t`` should be squared), is the
+    of the ranks they span (:func:`average_ranks`, numpy only, so the scipy-free GPU check
+    runs the same code), which is exactly what ``scipy.stats.spearmanr`` computes. The
+    paper's eq. 6, ``1 - 6 * sum(d_t**2) / (T * (T**2 - 1))`` (its ``d_t`` should be squared), is the
     shortcut that holds only when there are no ties; MOS values in IQA datasets are often
     tied, so we always use the average-rank definition.
 
@@ -47,6 +47,7 @@ import numpy as np
 __all__ = [
     "LogisticFit",
     "MetricError",
+    "average_ranks",
     "check_pairs",
     "evaluate",
     "fit_logistic",
@@ -54,6 +55,7 @@ __all__ = [
     "logistic4",
     "plcc",
     "rmse",
+    "spearman",
     "srcc",
 ]
 
@@ -134,12 +136,45 @@ def _pearson(x: np.ndarray, y: np.ndarray) -> float:
     return float(min(1.0, max(-1.0, float(np.dot(xc, yc)) / denom)))
 
 
+def average_ranks(values: Any) -> np.ndarray:
+    """Ranks 1..n of a 1-D array; tied values share the average of the ranks they span."""
+    a = np.asarray(values, dtype=np.float64).reshape(-1)
+    order = np.argsort(a, kind="mergesort")
+    ordered = a[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    ends = np.r_[starts[1:], a.size]  # exclusive
+    ranks = np.empty(a.size, dtype=np.float64)
+    ranks[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)
+    return ranks
+
+
+#: Fewest pairs :func:`spearman` ranks: the rank correlation of 2 pairs is always +-1.
+MIN_SPEARMAN_PAIRS = 3
+
+
+def spearman(a: Any, b: Any) -> float | None:
+    """Spearman's rho with average ranks for ties; None where it is undefined.
+
+    Undefined: fewer than :data:`MIN_SPEARMAN_PAIRS` pairs, a NaN/inf, or a constant input.
+    The one rank correlation of the project: :func:`srcc` is this after :func:`check_pairs`.
+    """
+    x = np.asarray(a, dtype=np.float64).reshape(-1)
+    y = np.asarray(b, dtype=np.float64).reshape(-1)
+    if x.size != y.size:
+        raise MetricError(f"spearman: {x.size} values against {y.size}")
+    if x.size < MIN_SPEARMAN_PAIRS or not (np.isfinite(x).all() and np.isfinite(y).all()):
+        return None
+    if np.all(x == x[0]) or np.all(y == y[0]):
+        return None
+    return _pearson(average_ranks(x), average_ranks(y))
+
+
 def srcc(pred: Any, mos: Any) -> float:
     """Spearman rank-order correlation, ties given average ranks (= ``scipy.stats.spearmanr``)."""
-    from scipy.stats import rankdata  # scipy is imported on use: the runtime's workers skip it
-
     p, m = check_pairs(pred, mos)
-    return _pearson(rankdata(p, method="average"), rankdata(m, method="average"))
+    rho = spearman(p, m)
+    assert rho is not None  # check_pairs refused what leaves it undefined
+    return rho
 
 
 def krcc(pred: Any, mos: Any) -> float:

@@ -39,7 +39,6 @@ import json
 import math
 import os
 import time
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,11 +46,19 @@ from typing import Any
 
 import numpy as np
 
+from .compare import (
+    Bound,
+    ParityError,
+    Tolerance,
+    compare_scores,
+    judge,
+    mos_metrics,
+    nonfinite_problem,
+)
+from .compare import spread_indices as spread_indices
 from .datasets import Dataset, DatasetError, Sample
 from .errors import LodaError, first_line, one_line
 from .metadata import CheckpointMeta
-from .metrics import MetricError
-from .metrics import evaluate as compute_metrics
 
 __all__ = [
     "FORMATS",
@@ -80,60 +87,12 @@ FORMATS = ("table", "markdown", "json", "csv")
 DEFAULT_BATCH_CROPS = 60  # four 15-crop images per backend call, as the runtime
 
 
-class ParityFailed(LodaError):
-    """At least one artifact failed its parity check (the report was printed first)."""
-
+#: At least one artifact failed its parity check (raised after the report was printed).
+ParityFailed = ParityError
 
 # --------------------------------------------------------------------------------------------
-# Tolerances: one table, per precision
+# Tolerances: one table, per precision (Bound and Tolerance live in loda.compare)
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Bound:
-    """``value <= limit`` (``inclusive``) or ``value < limit``."""
-
-    limit: float
-    inclusive: bool = True
-
-    @property
-    def op(self) -> str:
-        return "<=" if self.inclusive else "<"
-
-    def ok(self, value: float) -> bool:
-        return value <= self.limit if self.inclusive else value < self.limit
-
-    def __str__(self) -> str:
-        return f"{self.op} {self.limit:g}"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"op": self.op, "limit": self.limit}
-
-
-@dataclass(frozen=True)
-class Tolerance:
-    """What an artifact of one precision must meet; ``None``: not checked for it."""
-
-    precision: str
-    max_abs_dscore: Bound | None = None
-    abs_dsrcc: Bound | None = None
-
-    def describe(self) -> str:
-        parts = []
-        if self.max_abs_dscore is not None:
-            parts.append(f"max|d| {self.max_abs_dscore}")
-        if self.abs_dsrcc is not None:
-            parts.append(f"|dSRCC| {self.abs_dsrcc}")
-        return ", ".join(parts)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "max_abs_dscore": None
-            if self.max_abs_dscore is None
-            else self.max_abs_dscore.to_dict(),
-            "abs_dsrcc": None if self.abs_dsrcc is None else self.abs_dsrcc.to_dict(),
-        }
-
 
 #: The parity tolerances (|dscore| on per-image scores; dSRCC against the reference's SRCC).
 TOLERANCES: dict[str, Tolerance] = {
@@ -153,13 +112,6 @@ def tolerance_for(
 # --------------------------------------------------------------------------------------------
 # Which images
 # --------------------------------------------------------------------------------------------
-
-
-def spread_indices(n_total: int, n: int) -> list[int]:
-    """``n`` indices spread evenly over ``range(n_total)`` (all of them if fewer)."""
-    if n >= n_total:
-        return list(range(n_total))
-    return sorted({round(float(i)) for i in np.linspace(0, n_total - 1, n)})
 
 
 def select_samples(
@@ -289,6 +241,21 @@ class _Timed:
         self.run.seconds = self.seconds
 
 
+def _built_not_run(run: BackendRun, path: Path) -> None:
+    """An engine that cannot run here (e.g. a TensorRT-RTX plan built without a GPU) was still
+    built: its row says so, with the flavor and precision its sidecar records."""
+    from loda.trt_common import TrtError, read_sidecar
+
+    if run.backend != "tensorrt":
+        return
+    with contextlib.suppress(TrtError):
+        side = read_sidecar(path)
+        if side:
+            run.backend = "tensorrt-rtx" if side.get("flavor") == "rtx" else "tensorrt"
+            run.precision = str(side.get("precision", run.precision))
+            run.reason = f"built, not run: {run.reason}"
+
+
 def _open_artifact(path: Path, meta: CheckpointMeta, device: str) -> tuple[BackendRun, Any | None]:
     from loda.runtime.backend import BackendError, BackendUnavailable
     from loda.runtime.scorer import backend_for_path, open_backend
@@ -300,6 +267,7 @@ def _open_artifact(path: Path, meta: CheckpointMeta, device: str) -> tuple[Backe
         backend = open_backend(path, device=device)
     except BackendUnavailable as exc:
         run.status, run.reason = "SKIP", first_line(exc)
+        _built_not_run(run, path)
         return run, None
     except (LodaError, OSError) as exc:
         run.status, run.reason = "FAIL", first_line(exc)
@@ -468,21 +436,14 @@ class ParityRow:
         return ", ".join(f"{names[k]} <= {v:.2g}" for k, v in self.needed.items())
 
 
-def _metrics(scores: np.ndarray, mos: np.ndarray, details: dict[str, Any]) -> dict[str, float]:
-    """SRCC/PLCC/KRCC; warnings (a logistic fit that fell back to linear) go to ``details``."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        m = compute_metrics(scores, mos)
-    if caught:
-        details["metric_warnings"] = [str(w.message).splitlines()[0] for w in caught]
-    return {k: float(m[k]) for k in ("srcc", "plcc", "krcc")}
-
-
 def reference_row(run: BackendRun, mos: np.ndarray) -> ParityRow:
     """The reference's row: its metrics against the MOS (a MetricError here is the user's)."""
     assert run.crop_scores is not None
     scores = run.crop_scores.mean(axis=1)
     details = dict(run.details)
+    metrics, caught = mos_metrics(scores, mos, logistic=True)
+    if caught:  # a logistic fit that fell back to a line
+        details["metric_warnings"] = caught
     return ParityRow(
         artifact=run.artifact,
         backend=run.backend,
@@ -495,7 +456,7 @@ def reference_row(run: BackendRun, mos: np.ndarray) -> ParityRow:
         image_scores=scores,
         crop_scores=run.crop_scores,
         details=details,
-        **_metrics(scores, mos, details),
+        **metrics,
     )
 
 
@@ -520,27 +481,23 @@ def compare(
     if run.status is not None or run.crop_scores is None:
         return row
     assert reference.crop_scores is not None and reference.image_scores is not None
-    crops = run.crop_scores
-    scores = crops.mean(axis=1)
-    row.crop_scores, row.image_scores = crops, scores
+    stats = compare_scores(run.crop_scores, reference.crop_scores, mos=mos, logistic=True)
+    row.crop_scores, row.image_scores = run.crop_scores, stats.candidate_images
     row.images_per_s = run.images_per_s()
-    bad = int(np.count_nonzero(~np.isfinite(crops)))
-    if bad:
-        row.status, row.reason = "FAIL", f"{bad} non-finite crop score(s)"
+    if stats.nonfinite_candidate:
+        row.status, row.reason = "FAIL", nonfinite_problem(stats.nonfinite_candidate)
         return row
-    diff = np.abs(scores - reference.image_scores)
-    row.max_abs_dscore = float(diff.max())
-    row.mean_abs_dscore = float(diff.mean())
-    row.p99_abs_dscore = float(np.percentile(diff, 99))
-    row.max_abs_dscore_crop = float(np.abs(crops - reference.crop_scores).max())
-    try:
-        row.srcc, row.plcc, row.krcc = _metrics(scores, mos, row.details).values()
-    except MetricError as exc:
-        row.status, row.reason = "FAIL", f"metrics undefined: {first_line(exc)}"
+    row.max_abs_dscore = stats.max_abs_image
+    row.mean_abs_dscore = stats.mean_abs_image
+    row.p99_abs_dscore = stats.p99_abs_image
+    row.max_abs_dscore_crop = stats.max_abs_crop
+    if stats.mos_warnings:
+        row.details["metric_warnings"] = list(stats.mos_warnings)
+    if stats.mos_error is not None:
+        row.status, row.reason = "FAIL", f"metrics undefined: {stats.mos_error}"
         return row
-    assert reference.srcc is not None and reference.plcc is not None
-    row.dsrcc = row.srcc - reference.srcc
-    row.dplcc = row.plcc - reference.plcc
+    row.srcc, row.plcc, row.krcc = stats.srcc, stats.plcc, stats.krcc
+    row.dsrcc, row.dplcc = stats.dsrcc, stats.dplcc
 
     tol = row.tolerance
     if tol is None:
@@ -548,18 +505,10 @@ def compare(
         row.status = "FAIL"
         row.reason = f"no tolerance for precision {run.precision!r} (known: {known})"
         return row
-    observed = {"max_abs_dscore": row.max_abs_dscore, "abs_dsrcc": abs(row.dsrcc)}
-    bounds = {"max_abs_dscore": tol.max_abs_dscore, "abs_dsrcc": tol.abs_dsrcc}
-    labels = {"max_abs_dscore": "max|d|", "abs_dsrcc": "|dSRCC|"}
-    problems = []
-    for key, bound in bounds.items():
-        if bound is None:
-            continue
-        row.needed[key] = observed[key]
-        if not bound.ok(observed[key]):
-            problems.append(f"{labels[key]} {observed[key]:.3g} not {bound}")
-    if problems:
-        row.status, row.reason = "FAIL", f"{tol.precision}: " + "; ".join(problems)
+    verdict = judge(stats, tol)
+    row.needed.update(verdict.needed)
+    if not verdict.passed:
+        row.status, row.reason = "FAIL", f"{tol.precision}: " + "; ".join(verdict.problems)
     return row
 
 

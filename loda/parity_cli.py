@@ -124,10 +124,10 @@ def parity_cmd(
     inference alone, after one warm-up batch; needs = the smallest tolerance that would have
     passed. Exit 1 when any artifact FAILs.
     """
+    from .clitools import parse_data_spec
     from .metadata import read_safetensors_metadata
     from .parity import ParityFailed, run_parity, select_samples
     from .splits import Splits
-    from .train_cli import parse_data_spec
 
     meta, _ = read_safetensors_metadata(checkpoint)  # one-line error before torch is imported
     if per_image and fmt != "json":

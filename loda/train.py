@@ -7,7 +7,12 @@ frozen backbones with the CNN's BatchNorm statistics drifting (the model trains 
 the last epoch evaluated. Crops per training image follow the authors' configurations.
 
 Crops come from :mod:`loda.preprocess` (decode, resize, crop positions) and are normalised by
-its ``normalize``: the same pixels as evaluation and the runtime. Crop positions and flips are
+its ``normalize``: the same pixels as evaluation and the runtime. Resized training images are
+kept in a bounded in-memory cache (``cache_mb``); camera-size photos (SPAQ) can be decoded with
+the fast path (``decode="fast"``, reduced-scale JPEG decode) or read from an already-resized
+folder (``spaq:ROOT?image_dir=...``), since a full-size decode per crop would dominate an epoch.
+The checkpoint records the model's preprocessing (exact decode); the training decode mode is
+recorded with the training settings. Crop positions and flips are
 drawn from ``numpy.random.default_rng([seed, epoch, index])``, so they do not depend on the
 number of data-loader workers, and a resumed run sees the same crops as an uninterrupted one.
 
@@ -41,11 +46,11 @@ from .datasets import Sample
 from .errors import LodaError
 from .model import LoDa
 from .preprocess import (
+    DECODE_MODES,
     PreprocessConfig,
-    decode_image,
+    load_resized,
     normalize,
     random_positions,
-    resize_short_side,
 )
 
 __all__ = [
@@ -88,6 +93,7 @@ class TrainConfig:
     amp: bool | None = None  # None: on for CUDA, off on CPU
     cache_mb: int = 1024  # in-memory cache of resized training images (per process)
     channels_last: bool = True  # NHWC memory layout for the convolutions (same maths, faster)
+    decode: str = "exact"  # "fast": reduced-scale JPEG decode of the training images
 
     def __post_init__(self) -> None:
         if self.epochs <= 0 or self.batch_size <= 0 or self.crops_per_image <= 0:
@@ -97,6 +103,16 @@ class TrainConfig:
         ):
             raise LodaError(
                 f"--micro-batch {self.micro_batch} must divide --batch-size {self.batch_size}"
+            )
+        if (
+            isinstance(self.cache_mb, bool)
+            or not isinstance(self.cache_mb, int)
+            or self.cache_mb < 0
+        ):
+            raise LodaError(f"--cache-mb must be a whole number >= 0, got {self.cache_mb!r}")
+        if self.decode not in DECODE_MODES:
+            raise LodaError(
+                f"--decode must be one of {', '.join(DECODE_MODES)}, got {self.decode!r}"
             )
         if self.train_backbones not in BACKBONE_TRAINING:
             raise LodaError(
@@ -166,16 +182,9 @@ class TrainCrops(Dataset):
         return len(self.samples) * self.crops_per_image
 
     def _image(self, sample: Sample) -> np.ndarray:
-        cfg = self.preprocess
-
-        def load() -> np.ndarray:
-            return resize_short_side(
-                decode_image(sample.path, alpha_background=cfg.alpha_background),
-                cfg.resize_short,
-                cfg.resize_filter,
-            )
-
-        return self.cache.get(str(sample.path), load)
+        return self.cache.get(
+            str(sample.path), lambda: load_resized(sample.path, self.preprocess)[0]
+        )
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.float32]:
         sample = self.samples[index // self.crops_per_image]
@@ -251,6 +260,110 @@ def _is_main() -> bool:
     return not dist.is_initialized() or dist.get_rank() == 0
 
 
+@dataclass
+class _Run:
+    """What one training run fixed before its first step (device, batch split, precision)."""
+
+    device: torch.device
+    world: int
+    rank: int
+    rank_batch: int
+    micro: int
+    amp: bool
+    amp_dtype: torch.dtype
+
+
+def _plan(cfg: TrainConfig) -> _Run:
+    device = _device(cfg.device)
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    if cfg.batch_size % world:
+        raise LodaError(f"--batch-size {cfg.batch_size} must be divisible by {world} processes")
+    rank_batch = cfg.batch_size // world
+    micro = min(cfg.micro_batch or rank_batch, rank_batch)
+    if rank_batch % micro:
+        raise LodaError(f"--micro-batch {micro} must divide the per-process batch {rank_batch}")
+    amp = (device.type == "cuda") if cfg.amp is None else cfg.amp
+    amp_dtype = (
+        torch.bfloat16 if device.type == "cpu" or torch.cuda.is_bf16_supported() else torch.float16
+    )
+    return _Run(device, world, rank, rank_batch, micro, amp, amp_dtype)
+
+
+def _loader(
+    dataset: TrainCrops, run: _Run, cfg: TrainConfig, preprocess: PreprocessConfig, epoch: int
+) -> DataLoader:
+    """The epoch's batches: a seeded shuffle per epoch (per process under DDP)."""
+    dataset.epoch = epoch
+    if run.world > 1:
+        sampler = DistributedSampler(
+            dataset, num_replicas=run.world, rank=run.rank, shuffle=True, seed=cfg.seed,
+            drop_last=True,
+        )  # fmt: skip
+        sampler.set_epoch(epoch)
+    else:
+        g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+        sampler = RandomSampler(dataset, generator=g)
+    return DataLoader(
+        dataset,
+        batch_size=run.rank_batch,
+        sampler=sampler,
+        num_workers=cfg.workers,
+        collate_fn=_collate(preprocess),
+        drop_last=True,
+        pin_memory=run.device.type == "cuda",
+        persistent_workers=False,
+    )
+
+
+def _step(net, x, y, run: _Run, cfg: TrainConfig, optimizer, scheduler, scaler) -> float:
+    """One optimizer step over a batch, in micro-batches (gradients accumulated)."""
+    optimizer.zero_grad(set_to_none=True)
+    parts = range(0, len(x), run.micro)
+    step_loss = 0.0
+    for start in parts:
+        xb = x[start : start + run.micro].to(run.device, non_blocking=True)
+        if cfg.channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        yb = y[start : start + run.micro].to(run.device, non_blocking=True)
+        with torch.autocast(run.device.type, dtype=run.amp_dtype, enabled=run.amp):
+            pred = net(xb)
+        loss = plcc_loss(pred, yb) / len(parts)
+        scaler.scale(loss).backward()
+        step_loss += float(loss.detach())
+    scaler.step(optimizer)
+    scaler.update()
+    scheduler.step()
+    return step_loss
+
+
+def _save_epoch(
+    model: LoDa,
+    checkpoint: Path,
+    epoch: int,
+    record: dict[str, Any],
+    preprocess: PreprocessConfig,
+    cfg: TrainConfig,
+    optimizer,
+    scheduler,
+    scaler,
+) -> None:
+    """``epochN.safetensors`` and its training state (optimizer, scheduler, scaler, RNG)."""
+    save_checkpoint(model, checkpoint, preprocess=preprocess, provenance=record)
+    with atomic_path(state_path(checkpoint)) as tmp:  # as save_checkpoint
+        torch.save(
+            {
+                "epoch": epoch,
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+                "train_config": cfg.to_dict(),
+            },
+            tmp,
+        )
+
+
 def train(
     model: LoDa,
     samples: Sequence[Sample],
@@ -272,22 +385,12 @@ def train(
     preprocess = preprocess or PreprocessConfig()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    device = _device(cfg.device)
-    world = dist.get_world_size() if dist.is_initialized() else 1
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    if cfg.batch_size % world:
-        raise LodaError(f"--batch-size {cfg.batch_size} must be divisible by {world} processes")
-    rank_batch = cfg.batch_size // world
-    micro = min(cfg.micro_batch or rank_batch, rank_batch)
-    if rank_batch % micro:
-        raise LodaError(f"--micro-batch {micro} must divide the per-process batch {rank_batch}")
-    amp = (device.type == "cuda") if cfg.amp is None else cfg.amp
-    amp_dtype = (
-        torch.bfloat16 if device.type == "cpu" or torch.cuda.is_bf16_supported() else torch.float16
-    )
+    run = _plan(cfg)
 
     torch.manual_seed(cfg.seed)
-    dataset = TrainCrops(samples, preprocess, cfg.crops_per_image, cfg.seed, cfg.cache_mb)
+    # the training decode mode is a training setting; the checkpoint keeps ``preprocess``
+    train_preprocess = dataclasses.replace(preprocess, decode=cfg.decode)
+    dataset = TrainCrops(samples, train_preprocess, cfg.crops_per_image, cfg.seed, cfg.cache_mb)
     if len(dataset) < cfg.batch_size:
         raise LodaError(
             f"{len(samples)} training images x {cfg.crops_per_image} crops = {len(dataset)} "
@@ -296,22 +399,19 @@ def train(
     steps_per_epoch = len(dataset) // cfg.batch_size  # drop_last, as the authors
     total_steps = steps_per_epoch * cfg.epochs
 
-    model.to(device)
+    model.to(run.device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     _set_trainable(model, cfg.train_backbones)
     optimizer = torch.optim.AdamW(_param_groups(model, cfg), weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps, eta_min=0)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp and amp_dtype == torch.float16)
-
-    start_epoch = 0
-    if resume:
-        start_epoch = _resume(model, optimizer, scheduler, scaler, out_dir)
+    scaler = torch.amp.GradScaler("cuda", enabled=run.amp and run.amp_dtype == torch.float16)
+    start_epoch = _resume(model, optimizer, scheduler, scaler, out_dir) if resume else 0
 
     net: torch.nn.Module = model
-    if world > 1:
+    if run.world > 1:
         net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
+            model, device_ids=[run.device.index] if run.device.type == "cuda" else None
         )
 
     losses: list[float] = []
@@ -319,25 +419,7 @@ def train(
     started = time.perf_counter()
     checkpoint = out_dir / f"epoch{start_epoch}.safetensors"
     for epoch in range(start_epoch, cfg.epochs):
-        dataset.epoch = epoch
-        if world > 1:
-            sampler = DistributedSampler(
-                dataset, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed, drop_last=True
-            )
-            sampler.set_epoch(epoch)
-        else:
-            g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
-            sampler = RandomSampler(dataset, generator=g)
-        loader = DataLoader(
-            dataset,
-            batch_size=rank_batch,
-            sampler=sampler,
-            num_workers=cfg.workers,
-            collate_fn=_collate(preprocess),
-            drop_last=True,
-            pin_memory=device.type == "cuda",
-            persistent_workers=False,
-        )
+        loader = _loader(dataset, run, cfg, preprocess, epoch)
         model.train()
         epoch_losses = []
         bar = tqdm(
@@ -352,24 +434,9 @@ def train(
         for step, (x, y) in enumerate(bar):
             if step >= steps_per_epoch:
                 break
-            optimizer.zero_grad(set_to_none=True)
-            parts = range(0, len(x), micro)
-            step_loss = 0.0
-            for start in parts:
-                xb = x[start : start + micro].to(device, non_blocking=True)
-                if cfg.channels_last:
-                    xb = xb.contiguous(memory_format=torch.channels_last)
-                yb = y[start : start + micro].to(device, non_blocking=True)
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
-                    pred = net(xb)
-                loss = plcc_loss(pred, yb) / len(parts)
-                scaler.scale(loss).backward()
-                step_loss += float(loss.detach())
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
+            step_loss = _step(net, x, y, run, cfg, optimizer, scheduler, scaler)
             epoch_losses.append(step_loss)
-            crops_seen += len(x) * world
+            crops_seen += len(x) * run.world
             rate = (step + 1) * cfg.batch_size / (time.perf_counter() - t0)
             bar.set_postfix(
                 loss=f"{step_loss:.4f}",
@@ -388,22 +455,12 @@ def train(
                 "loss": losses[-1],
                 **(provenance or {}),
             }
-            save_checkpoint(model, checkpoint, preprocess=preprocess, provenance=record)
-            with atomic_path(state_path(checkpoint)) as tmp:  # as save_checkpoint
-                torch.save(
-                    {
-                        "epoch": epoch + 1,
-                        "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(),
-                        "scaler": scaler.state_dict(),
-                        "torch_rng": torch.get_rng_state(),
-                        "train_config": cfg.to_dict(),
-                    },
-                    tmp,
-                )
+            _save_epoch(
+                model, checkpoint, epoch + 1, record, preprocess, cfg, optimizer, scheduler, scaler
+            )
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, model)
-        if world > 1:
+        if run.world > 1:
             dist.barrier()
     seconds = time.perf_counter() - started
     return TrainResult(

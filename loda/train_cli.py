@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 import statistics
 import sys
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any
 
 import click
 
-from .clitools import run
+from .clitools import parse_data_spec, run
 from .config import list_configs
 from .errors import LodaError
 
@@ -34,36 +33,6 @@ LAYOUT_OPTION = click.option(
     show_default=True,
     help="Evaluation crops: the deterministic grid, or the authors' seeded random crops.",
 )
-
-
-_SPEC_OPTIONS = re.compile(r"\?(\w+=[^&?]*(?:&\w+=[^&?]*)*)$")
-
-
-def parse_data_spec(spec: str):
-    """``KIND:ROOT[?KEY=VALUE&...]`` or ``file.csv`` -> (kind, Dataset); the options go to
-    the reader (``koniq10k:ROOT?image_dir=512x384``, ``livec:ROOT?training_images=keep``)."""
-    from .datasets import READERS, read_dataset
-
-    kind, sep, root = spec.partition(":")
-    if sep and kind in READERS:
-        options = {}
-        match = _SPEC_OPTIONS.search(root)
-        if match:
-            root = root[: match.start()]
-            options = dict(pair.split("=", 1) for pair in match.group(1).split("&"))
-        elif "?" in root and not Path(root).exists():
-            raise click.BadParameter(
-                f"{spec!r}: reader options are KIND:ROOT?KEY=VALUE[&KEY=VALUE]", param_hint="--data"
-            )
-        if not root:
-            raise click.BadParameter(f"{spec!r}: no ROOT after {kind}:", param_hint="--data")
-        return kind, read_dataset(kind, root, **options)
-    if spec.endswith(".csv") or Path(spec).is_dir():
-        return "csv", read_dataset("csv", spec)
-    raise click.BadParameter(
-        f"{spec!r}: use KIND:ROOT with KIND one of {', '.join(sorted(READERS))}, or a .csv file",
-        param_hint="--data",
-    )
 
 
 def train_options(f):
@@ -120,6 +89,21 @@ def train_options(f):
             show_default=True,
         ),
         click.option("--workers", type=NON_NEGATIVE, default=0, show_default=True),
+        click.option(
+            "--cache-mb",
+            type=NON_NEGATIVE,
+            default=1024,
+            show_default=True,
+            help="In-memory cache of resized training images, MB per process (0: none).",
+        ),
+        click.option(
+            "--decode",
+            type=click.Choice(["exact", "fast"]),
+            default="exact",
+            show_default=True,
+            help="Training images: exact decode, or fast (JPEGs decoded at a reduced scale; "
+            "for camera-size photos). Evaluation and the checkpoint stay exact.",
+        ),
         click.option("--device", default="auto", show_default=True),
         click.option("--seed", type=NON_NEGATIVE, default=0, show_default=True),
         click.option(
@@ -175,6 +159,8 @@ def _train_config(opts: dict[str, Any], kind: str):
         device=opts["device"],
         amp=opts["amp"],
         channels_last=opts["channels_last"],
+        cache_mb=opts["cache_mb"],
+        decode=opts["decode"],
     )
 
 

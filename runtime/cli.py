@@ -9,6 +9,7 @@ broken pipe, e.g. ``| head``: one line on stderr, the rest of the run is dropped
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import sys
@@ -79,9 +80,18 @@ def _shard(_ctx: click.Context, _param: click.Parameter, value: str | None) -> A
 )
 @click.option(
     "--backend",
-    type=click.Choice(["onnxruntime", "tensorrt", "torch"]),
+    type=click.Choice(["onnxruntime", "tensorrt", "tensorrt-rtx", "torch"]),
     default=None,
-    help="Default: from the artifact's suffix.",
+    help="Default: from the artifact's suffix (an .engine's sidecar names its TensorRT flavor).",
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="tensorrt-rtx only: folder of the JIT runtime cache (default: beside the engine).",
+)
+@click.option(
+    "--cuda-graph", is_flag=True, help="tensorrt-rtx only: capture CUDA graphs (whole graph)."
 )
 @click.option(
     "--device", default="auto", show_default=True, help="auto, cpu or cuda (backend-dependent)."
@@ -100,6 +110,13 @@ def _shard(_ctx: click.Context, _param: click.Parameter, value: str | None) -> A
     "--crops", type=click.IntRange(1, 1000), default=None, help="Crops per image (15; 1-1000)."
 )
 @click.option("--layout", type=click.Choice(LAYOUTS), default=None, help="Crop layout (grid).")
+@click.option(
+    "--decode",
+    type=click.Choice(["exact", "fast"]),
+    default=None,
+    help="exact (the model's preprocessing, default) or fast: JPEGs decoded at a reduced scale "
+    "(for camera-size photos; recorded in OUTPUT.json).",
+)
 @click.option(
     "--seed",
     type=click.IntRange(min=0),
@@ -137,6 +154,13 @@ def _shard(_ctx: click.Context, _param: click.Parameter, value: str | None) -> A
     show_default=True,
     help="Refuse images (decoded or resized) over this many pixels; 0: no limit.",
 )
+@click.option(
+    "--max-member-bytes",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Refuse archive members over this many bytes, unread (default: 3 x --max-pixels "
+    "+ 16 MiB, about 285 MB; 1 GiB with --max-pixels 0).",
+)
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def score_command(
     inputs: tuple[str, ...],
@@ -144,11 +168,14 @@ def score_command(
     output: str,
     fmt: str | None,
     backend: str | None,
+    cache_dir: str | None,
+    cuda_graph: bool,
     device: str,
     threads: int | None,
     precision: str | None,
     crops: int | None,
     layout: str | None,
+    decode: str | None,
     seed: int,
     jobs: int | None,
     batch_size: int | None,
@@ -157,13 +184,14 @@ def score_command(
     overwrite: bool,
     shard: tuple[int, int] | None,
     max_pixels: int,
+    max_member_bytes: int | None,
     no_progress: bool,
 ) -> int:
     """Score images with a LoDa model; one row per input."""
     from tqdm import tqdm
 
-    from .inputs import InputError, check_specs, iter_inputs
-    from .output import ResultRow, ResultWriter, format_for, read_statuses
+    from .inputs import InputError, check_specs, iter_inputs, member_cap, normalise_key
+    from .output import ResultRow, ResultWriter, format_for, read_statuses, write_run_record
     from .pipeline import PipelineOptions, default_jobs, score_items
     from .scorer import Scorer
 
@@ -175,22 +203,26 @@ def score_command(
         raise click.UsageError("--resume needs an --output file")
     if not to_stdout:
         out_path = Path(output)
+        _check_output_parents(output)
         if out_path.is_dir():
             raise click.UsageError(f"--output {output} is a directory")
         if out_path.exists() and out_path.stat().st_size and not (resume or overwrite):
             raise click.UsageError(
                 f"--output {output} exists: pass --resume to continue it or --overwrite"
             )
-        from loda.atomic import check_not_an_input
-
-        check_not_an_input(out_path, [*inputs, str(model)], "an input")
     try:
         check_specs(list(inputs))
     except InputError as exc:
         raise click.UsageError(first_line(exc)) from None
+    stdin = sys.stdin
+    if not to_stdout:
+        stdin = _check_output_not_read(output, inputs, model)
+    member_bytes = max_member_bytes or member_cap(max_pixels or None)
 
     log = _stderr
     options: dict[str, Any] = {"device": device, "threads": threads}
+    if cache_dir is not None or cuda_graph:
+        options.update(cache_dir=cache_dir, cuda_graph=cuda_graph)
     if precision is not None:
         from .scorer import backend_for_path
 
@@ -205,6 +237,8 @@ def score_command(
         cfg = scorer.config(num_crops=crops, layout=layout)
     except ValueError as exc:
         raise click.UsageError(first_line(exc)) from None
+    if decode is not None:
+        cfg = dataclasses.replace(cfg, decode=decode)
     jobs = default_jobs() if jobs is None else jobs
     info = scorer.backend.info
     log(
@@ -214,24 +248,40 @@ def score_command(
         f"worker(s)" + (f", shard {shard[0]}/{shard[1]}" if shard else "")
     )
 
-    done: dict[str, str] = {}  # source -> status of the rows already in --output
+    done: dict[str, str] = {}  # normalised source -> status of the rows already in --output
     if resume and Path(output).exists():
-        done = read_statuses(output, fmt)
+        done = {normalise_key(s): status for s, status in read_statuses(output, fmt).items()}
         errors = sum(status == "error" for status in done.values())
         log(f"resuming: {len(done)} input(s) already in {output} ({errors} error row(s))")
     skipped: list[tuple[str, str]] = []
     counts = {"resumed": 0, "resumed_failed": 0, "other_shards": 0, "rows": 0, "failed": 0}
 
     def selected():
-        for item in iter_inputs(list(inputs), skipped=lambda s, r: skipped.append((s, r))):
+        items = iter_inputs(
+            list(inputs),
+            stdin=stdin,
+            skipped=lambda s, r: skipped.append((s, r)),
+            max_member_bytes=member_bytes,
+        )
+        for item in items:
             left_out = _left_out(item.source, shard, done)
             if left_out is None:
                 yield item
             else:
                 counts[left_out] += 1
-                if left_out == "resumed" and done[item.source] == "error":
+                if left_out == "resumed" and done[normalise_key(item.source)] == "error":
                     counts["resumed_failed"] += 1  # an error row from before: this run failed too
+            del item  # hold no member's bytes while the next one is read
 
+    if not to_stdout:  # what decides the scores, beside the rows (checked on --resume)
+        record = {
+            "model": info.path.name,
+            "model_name": info.meta.model.name,
+            "precision": info.precision,
+            "preprocess": cfg.to_dict(),
+            "seed": seed if cfg.layout == "random" else None,
+        }
+        write_run_record(output, record, resume=resume)
     writer = ResultWriter(None if to_stdout else output, fmt, append=resume)
     bar = tqdm(
         desc="scoring",
@@ -257,6 +307,7 @@ def score_command(
         jobs=jobs,
         queue=queue_size,
         max_pixels=max_pixels or None,
+        member_budget=2 * member_bytes,
     )
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     interrupted: int | None = None
@@ -305,24 +356,89 @@ def score_command(
         + f" in {seconds:.1f}s: {rate:.2f} images/s, {stats.crops / seconds if seconds else 0:.1f}"
         f" crops/s (inference {stats.infer_seconds:.1f}s) -> {where}"
     )
+    bottleneck = stats.bottleneck(jobs)
+    if bottleneck:
+        log(bottleneck)
     for source, reason in skipped[:20]:
         log(f"  skipped {source}: {reason}")
     if len(skipped) > 20:
         log(f"  ... and {len(skipped) - 20} more skipped")
+    if done and not counts["resumed"]:
+        log(
+            f"warning: none of the {len(done)} row(s) already in {output} matched an input of "
+            "this run (other inputs, or relative paths from another directory?)"
+        )
     if not stats.images and not skipped and not counts["resumed"] and not counts["other_shards"]:
         log("warning: no images found in " + ", ".join(inputs))
     return EXIT_FAILED if stats.failed or counts["resumed_failed"] else EXIT_OK
 
 
 def _left_out(source: str, shard: tuple[int, int] | None, done: Container[str]) -> str | None:
-    """Why ``source`` is not scored in this run ("other_shards", "resumed"), or None."""
-    from .inputs import shard_of
+    """Why ``source`` is not scored in this run ("other_shards", "resumed"), or None.
+
+    ``done`` holds normalised keys (``inputs.normalise_key``): ``./x`` matches ``x``.
+    """
+    from .inputs import normalise_key, shard_of
 
     if shard is not None and shard_of(source, shard[1]) != shard[0]:
         return "other_shards"
-    if source in done:
+    if done and normalise_key(source) in done:
         return "resumed"
     return None
+
+
+def _check_output_parents(output: str) -> None:
+    """A file where a folder of --output must be: one usage line (not "File exists")."""
+    for parent in Path(output).parents:
+        if parent.exists() or parent.is_symlink():
+            if not parent.is_dir():
+                raise click.UsageError(f"--output {output}: {parent} is not a directory")
+            return
+
+
+def _check_output_not_read(output: str, inputs: tuple[str, ...], model: str) -> Any:
+    """Refuse an --output that the run would read (even with --overwrite), before it is opened.
+
+    Every file the run will open is resolved first: named files, list files and the paths
+    they list, files found by walking folders, archives (``inputs.iter_input_files``), and the
+    model. Paths on stdin are read into a temporary file first so they can be checked too; the
+    returned stream replays them. A new output inside a walked folder with an image or archive
+    suffix would be found by the walk: refused as well.
+    """
+    import tempfile
+
+    from loda.atomic import check_not_an_input
+
+    from .inputs import InputError, is_archive_name, is_image_name, iter_input_files
+
+    stdin: Any = sys.stdin
+    out = Path(output)
+    if out.exists():
+        if "-" in inputs:
+            stdin = tempfile.SpooledTemporaryFile(max_size=8 << 20)  # noqa: SIM115 (process-long)
+            source = getattr(sys.stdin, "buffer", sys.stdin)
+            for line in source:
+                stdin.write(line if isinstance(line, bytes) else os.fsencode(line))
+            stdin.seek(0)
+        try:
+            check_not_an_input(
+                out, [*iter_input_files(list(inputs), stdin=stdin), model], "an input"
+            )
+        except InputError as exc:
+            raise click.UsageError(first_line(exc)) from None
+        if "-" in inputs:
+            stdin.seek(0)
+    elif (is_image_name(out.name) or is_archive_name(out.name)) and not out.name.startswith("."):
+        parent = out.resolve().parent
+        for spec in inputs:
+            if spec != "-" and not spec.startswith("@") and os.path.isdir(spec):
+                top = Path(spec).resolve()
+                if parent == top or top in parent.parents:
+                    raise LodaError(
+                        f"--output {output} is inside the input folder {spec} with an image or "
+                        "archive suffix: the run would read it; write it elsewhere"
+                    )
+    return stdin
 
 
 def _count(inputs: tuple[str, ...], shard: Any, done: Container[str], bar: Any) -> None:
@@ -350,25 +466,34 @@ def _stderr(message: str) -> None:
     click.echo(f"loda-score: {message}", err=True)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Entry point: usage errors exit 2, user errors 1 (one line), interrupts 130 / 143."""
+def run_score_command(command: click.Command, prog: str, argv: list[str] | None) -> None:
+    """Run a scoring command (loda-score, loda-score-ray): usage errors exit 2, user errors 1
+    (one line), interrupts 130 (a command that handles Ctrl-C itself returns its own code)."""
     from .inputs import InputError
 
     try:
-        code = score_command.main(args=argv, prog_name="loda-score", standalone_mode=False)
+        code = command.main(args=argv, prog_name=prog, standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
+        sys.exit(EXIT_SIGINT)
+    except KeyboardInterrupt:
+        click.echo(f"{prog}: interrupted; rerun with --resume to finish", err=True)
         sys.exit(EXIT_SIGINT)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
     except InputError as exc:
-        click.echo(f"loda-score: error: {first_line(exc)}", err=True)
+        click.echo(f"{prog}: error: {first_line(exc)}", err=True)
         sys.exit(EXIT_USAGE)
     except (LodaError, OSError, ValueError) as exc:
-        click.echo(f"loda-score: error: {first_line(exc)}", err=True)
+        click.echo(f"{prog}: error: {first_line(exc)}", err=True)
         sys.exit(EXIT_FAILED)
     sys.exit(code if isinstance(code, int) else EXIT_OK)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: usage errors exit 2, user errors 1 (one line), interrupts 130 / 143."""
+    run_score_command(score_command, "loda-score", argv)
 
 
 if __name__ == "__main__":

@@ -63,6 +63,8 @@ __all__ = [
     "read_done",
     "read_statuses",
     "repair_tail",
+    "run_record_path",
+    "write_run_record",
 ]
 
 FORMATS: tuple[str, ...] = ("csv", "jsonl")
@@ -532,3 +534,46 @@ def repair_tail(path: PathLike, fmt: str) -> int:
             f.flush()
             os.fsync(f.fileno())
         return size - keep
+
+
+# --------------------------------------------------------------------------------------------
+# The run record: how the rows of a result file were made
+# --------------------------------------------------------------------------------------------
+
+RUN_RECORD_FORMAT = "loda-score-run/1"
+
+
+def run_record_path(path: PathLike) -> Path:
+    """The JSON record beside a result file: ``scores.csv`` -> ``scores.csv.json``."""
+    path = Path(path)
+    return path.with_name(path.name + ".json")
+
+
+def write_run_record(path: PathLike, record: dict[str, Any], *, resume: bool) -> None:
+    """Write the settings that decide the scores (model, preprocessing with its decode mode,
+    crop seed) beside the result file at ``path``.
+
+    With ``resume`` an existing record must hold the same settings: rows made with other
+    settings (say, exact and fast decoding) are never mixed in one file silently; that is one
+    :class:`OutputError` naming the settings that differ.
+    """
+    from loda.atomic import write_bytes_atomic
+
+    target = run_record_path(path)
+    record = {"format": RUN_RECORD_FORMAT, **record}
+    if resume and target.is_file():
+        try:
+            before = json.loads(target.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            before = None
+        if not isinstance(before, dict):
+            raise OutputError(f"{target}: not a loda-score run record (damaged?)")
+        differ = sorted(k for k in set(before) | set(record) if before.get(k) != record.get(k))
+        if differ:
+            raise OutputError(
+                f"--resume: {path} was scored with other settings ({', '.join(differ)} differ; "
+                f"see {target.name}); score into a new file"
+            )
+        return
+    text = json.dumps(record, indent=2, sort_keys=True) + "\n"
+    write_bytes_atomic(target, text.encode("utf-8"))

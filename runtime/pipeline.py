@@ -8,7 +8,10 @@
     images in flight                                                image, in input order
 
 - Bounded: the feeder blocks when ``queue`` images are in flight, so memory is bounded by the
-  queue size (each in-flight image holds its file bytes or its crops), not by the archive size.
+  queue size (each in-flight image holds its crops), not by the archive size. Archive members
+  travel as bytes: they are written to the worker's pipe as they are (no pickled copy), and
+  at most ``member_budget`` bytes of them are in the workers at once (one member always
+  goes), so a run of large members takes the same memory at ``-j 2`` and ``-j 16``.
 - Overlapped: workers decode the next images while the backend runs the current batch (ONNX
   Runtime, TensorRT and torch release the GIL while they compute).
 - Ordered and deterministic: rows come in input order, and an image's crops do not depend on
@@ -28,6 +31,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import queue
+import re
 import signal
 import sys
 import threading
@@ -44,6 +48,7 @@ import numpy as np
 from loda.errors import LodaError, one_line
 from loda.preprocess import DEFAULT_MAX_PIXELS, ImageDecodeError, PreprocessConfig
 
+from .inputs import open_regular
 from .scorer import ImageScore, PreparedImage, Scorer, prepare_image
 
 __all__ = [
@@ -75,6 +80,7 @@ class PipelineOptions:
     jobs: int = 1
     queue: int | None = None  # images in flight; default 2 * jobs + 2 batches of images
     max_pixels: int | None = DEFAULT_MAX_PIXELS
+    member_budget: int | None = None  # member bytes in the workers at once; None: no bound
 
     def queue_size(self, batch_crops: int) -> int:
         if self.queue is not None:
@@ -91,8 +97,33 @@ class RunStats:
     crops: int = 0
     seconds: float = 0.0
     infer_seconds: float = 0.0
+    decode_seconds: float = 0.0  # CPU time of decode + resize + crops, summed over the workers
     interrupted: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def bottleneck(self, jobs: int) -> str | None:
+        """One line saying whether the run was decode-bound or inference-bound, with the two
+        rates side by side and a hint; None when either side did no measurable work.
+
+        Decoding: the images the ``jobs`` workers could prepare per second together, from their
+        CPU time per image (it assumes a core per worker). Inference: images per second of the
+        backend's own time. The smaller one bounds the run.
+        """
+        if not self.images or self.decode_seconds <= 0 or self.infer_seconds <= 0:
+            return None
+        workers = max(jobs, 1)
+        per_worker = self.images / self.decode_seconds
+        decode_rate, infer_rate = per_worker * workers, self.images / self.infer_seconds
+        if decode_rate < infer_rate:
+            verdict = "decode-bound"
+            hint = "more decode workers (-j), or --decode fast for camera-size JPEGs"
+        else:
+            verdict = "inference-bound"
+            hint = "a lower-precision graph (FP16/INT8) or a GPU backend is what speeds it up"
+        return (
+            f"{verdict}: decoding {decode_rate:.1f} images/s ({workers} worker(s) x "
+            f"{per_worker:.1f}) vs inference {infer_rate:.1f} images/s; {hint}"
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -106,19 +137,43 @@ def _set_worker_state(cfg: PreprocessConfig, seed: int | None, max_pixels: int |
     _W.update(cfg=cfg, seed=seed, max_pixels=max_pixels)
 
 
-def _prepare(source: str, path: str | None, data: bytes | None) -> tuple:
-    """``(crops, width, height, None)`` or ``(None, None, None, error line)``."""
+# Object reprs ("<_io.BytesIO object at 0x7f...>") differ from run to run: never in a row.
+_OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
+
+
+def error_line(exc: BaseException) -> str:
+    """The one-line message of a failed input, without object reprs."""
+    return _OBJECT_REPR.sub("the image data", one_line(exc))
+
+
+def prepare_item(
+    source: str,
+    path: str | None,
+    data: bytes | bytearray | None,
+    cfg: PreprocessConfig,
+    seed: int | None,
+    max_pixels: int | None,
+) -> tuple:
+    """Decode and crop one input (a file ``path`` or member ``data``): ``(crops, width, height,
+    None)``, or ``(None, None, None, error line)`` when it cannot be scored."""
     try:
-        image = prepare_image(
-            data if path is None else path,
-            _W["cfg"],
-            name=source,
-            seed=_W["seed"],
-            max_pixels=_W["max_pixels"],
-        )
+        kwargs = {"name": source, "seed": seed, "max_pixels": max_pixels}
+        if path is None:
+            image = prepare_image(data, cfg, **kwargs)
+        else:  # never blocks on a FIFO put where the file was (see inputs.open_regular)
+            with open_regular(path, name=source) as f:
+                image = prepare_image(f, cfg, **kwargs)
         return image.crops, image.width, image.height, None
     except Exception as exc:  # one bad input never stops a run: it becomes an error row
-        return None, None, None, one_line(exc)
+        return None, None, None, error_line(exc)
+
+
+def _prepare(source: str, path: str | None, data: bytes | bytearray | None) -> tuple:
+    """:func:`prepare_item` with the worker's settings, plus the CPU seconds it took (the
+    decode side of the decode-bound / inference-bound verdict)."""
+    t0 = time.thread_time()
+    result = prepare_item(source, path, data, _W["cfg"], _W["seed"], _W["max_pixels"])
+    return (*result, time.thread_time() - t0)
 
 
 def _worker_main(conn: Connection, cfg: dict[str, Any], seed: int | None, max_pixels) -> None:
@@ -127,12 +182,18 @@ def _worker_main(conn: Connection, cfg: dict[str, Any], seed: int | None, max_pi
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _set_worker_state(PreprocessConfig.from_dict(cfg), seed, max_pixels)
-    while True:
-        try:
-            task = conn.recv()
-        except (EOFError, OSError):
-            return
-        conn.send(_prepare(*task))
+    # A task is (source, path, size) and, when size is not None, the member's bytes as one raw
+    # message (no pickle: the bytes object received is decoded without a copy). A closed pipe
+    # (the main process ended or was killed) ends the worker quietly.
+    try:
+        while True:
+            source, path, size = conn.recv()
+            data = None if size is None else conn.recv_bytes()
+            result = _prepare(source, path, data)
+            del data
+            conn.send(result)
+    except (EOFError, OSError, KeyboardInterrupt):
+        return
 
 
 # --------------------------------------------------------------------------------------------
@@ -183,14 +244,16 @@ class _Worker:
         self.reader = threading.Thread(target=self._read, name=f"loda-reader-{index}", daemon=True)
         self.reader.start()
 
-    def submit(self, source: str, path: str | None, data: bytes | None) -> Future:
+    def submit(self, source: str, path: str | None, data: bytes | bytearray | None) -> Future:
         future: Future = Future()
         with self.lock:
             if self.dead:
                 raise _worker_died(source)
             self.pending.append((future, source))
         try:
-            self.conn.send((source, path, data))
+            self.conn.send((source, path, None if data is None else len(data)))
+            if data is not None:
+                self.conn.send_bytes(data)  # written from the buffer itself, not a copy
         except (OSError, ValueError):  # the process is gone; the reader fails the futures
             raise _worker_died(source) from None
         return future
@@ -226,22 +289,47 @@ class DecodePool:
     ``submit(source, path, data)`` returns a ``Future`` of ``(crops, width, height, error)``;
     ``initargs`` is ``(PreprocessConfig.to_dict(), seed, max_pixels)``. Processes start lazily
     (three images start at most three). ``stop()`` kills them, ``close()`` releases the pipes.
+    ``member_budget``: ``submit`` waits while member bytes already handed out and not yet
+    answered would exceed it (a single member always goes).
     """
 
-    def __init__(self, jobs: int, initargs: tuple) -> None:
+    def __init__(self, jobs: int, initargs: tuple, member_budget: int | None = None) -> None:
         method = "forkserver" if sys.platform.startswith("linux") else "spawn"
         self._ctx = multiprocessing.get_context(method)
         self._jobs = jobs
         self._initargs = initargs
         self._workers: list[_Worker] = []
         self._count = 0
+        self._budget = member_budget
+        self._in_flight = 0
+        self._budget_cv = threading.Condition()
 
-    def submit(self, source: str, path: str | None, data: bytes | None) -> Future:
+    def _release(self, n: int) -> None:
+        with self._budget_cv:
+            self._in_flight -= n
+            self._budget_cv.notify_all()
+
+    def submit(self, source: str, path: str | None, data: bytes | bytearray | None) -> Future:
+        n = 0 if data is None else len(data)
+        if self._budget is not None and n:
+            with self._budget_cv:
+                while self._in_flight and self._in_flight + n > self._budget:
+                    if any(w.dead for w in self._workers):
+                        raise _worker_died(source)
+                    self._budget_cv.wait(0.1)
+                self._in_flight += n
         index = self._count % self._jobs
         self._count += 1
-        if index == len(self._workers):
-            self._workers.append(_Worker(self._ctx, index, self._initargs))
-        return self._workers[index].submit(source, path, data)
+        try:
+            if index == len(self._workers):
+                self._workers.append(_Worker(self._ctx, index, self._initargs))
+            future = self._workers[index].submit(source, path, data)
+        except BaseException:
+            self._release(n)
+            raise
+        if n:
+            future.add_done_callback(lambda _f: self._release(n))
+        return future
 
     def stop(self) -> None:
         """Kill the processes (a sender blocked on a full pipe gets a broken pipe)."""
@@ -281,9 +369,10 @@ def _feeder(
             if stop.is_set():
                 return
             if item.error is not None:
-                entry = (item.source, _Done((None, None, None, item.error)))
+                entry = (item.source, _Done((None, None, None, item.error, 0.0)))
             else:
                 entry = (item.source, submit(item.source, item.path, item.data))
+            del item  # the member's bytes are the worker's now: hold none while reading on
             if not _put(q, entry, stop):
                 return
         _put(q, _END, stop)
@@ -309,7 +398,11 @@ def score_items(
     q: queue.Queue = queue.Queue(maxsize=options.queue_size(scorer.batch_size))
     pool: DecodePool | None = None
     if options.jobs > 0:
-        pool = DecodePool(options.jobs, (cfg.to_dict(), options.seed, options.max_pixels))
+        pool = DecodePool(
+            options.jobs,
+            (cfg.to_dict(), options.seed, options.max_pixels),
+            member_budget=options.member_budget,
+        )
         submit = pool.submit
     else:
         _set_worker_state(cfg, options.seed, options.max_pixels)
@@ -330,7 +423,8 @@ def score_items(
             if isinstance(entry, BaseException):
                 raise entry
             source, future = entry
-            crops, width, height, error = future.result()
+            crops, width, height, error, cpu_seconds = future.result()
+            stats.decode_seconds += cpu_seconds
             if error is not None:
                 yield source, ImageDecodeError(error)
             else:

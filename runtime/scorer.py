@@ -60,6 +60,7 @@ __all__ = [
 BACKENDS: dict[str, str] = {
     "onnxruntime": "loda.runtime.ort_backend:OnnxRuntimeBackend",
     "tensorrt": "loda.runtime.trt_backend:TensorRTBackend",
+    "tensorrt-rtx": "loda.runtime.trt_backend:TensorRTRtxBackend",
     "torch": "loda.runtime.torch_backend:TorchBackend",
 }
 _SUFFIX_BACKEND = {
@@ -90,8 +91,20 @@ def backend_for_path(path: str | os.PathLike) -> str:
 
 
 def open_backend(path: str | os.PathLike, backend: str | None = None, **options: Any) -> Backend:
-    """Open ``path`` with ``backend`` (default: chosen from the suffix)."""
-    return backend_class(backend or backend_for_path(path)).open(path, **options)
+    """Open ``path`` with ``backend`` (default: chosen from the suffix).
+
+    An ONNX file is checked first (``loda.onnx_files``): a damaged one, or one whose external
+    data lies outside its folder, is one line and nothing outside the folder is read.
+    """
+    name = backend or backend_for_path(path)
+    if name == "onnxruntime":
+        from loda.onnx_files import ModelFileError, check_onnx_file
+
+        try:
+            check_onnx_file(path)
+        except ModelFileError as exc:
+            raise BackendError(str(exc)) from None
+    return backend_class(name).open(path, **options)
 
 
 def image_seed(seed: int, source: str) -> int:

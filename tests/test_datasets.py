@@ -636,3 +636,84 @@ def test_splits_of_synthetic_benchmarks_keep_references_apart(tmp_path, maker, r
         train, test = back.select(ds, i)
         assert train and test and not {s.ref for s in train} & {s.ref for s in test}
         assert {s.name for s in train} | {s.name for s in test} == set(ds.names)
+
+
+# --------------------------------------------------------------------------------------
+# label and folder options: LIVE realigned DMOS, SPAQ resized folder, FLIVE repository root
+# --------------------------------------------------------------------------------------
+
+# the release's dmos_realigned.mat: dmos_new, dmos_std and orgs, 1xN each
+LIVE_DMOS_NEW = [25.0, 0.0, 30.5, 66.0, 98.0, 0.0, 47.5]
+
+
+def add_live_realigned(root: Path) -> Path:
+    scipy.io.savemat(
+        root / "dmos_realigned.mat",
+        {
+            "dmos_new": np.array([LIVE_DMOS_NEW]),
+            "dmos_std": np.full((1, len(LIVE_DMOS_NEW)), 7.5),
+            "orgs": np.array([LIVE_ORGS], dtype=np.uint8),
+        },
+    )
+    return root
+
+
+def test_live_realigned_dmos(tmp_path):
+    from loda.train_cli import parse_data_spec
+
+    root = add_live_realigned(make_live(tmp_path))
+    original = read_live(root)
+    realigned = read_live(root, dmos="realigned")
+    assert original.names == realigned.names  # the same images, other labels
+    np.testing.assert_allclose(original.mos, [80.0, 64.5, 40.0, -1.2, 58.0])  # default: dmos.mat
+    np.testing.assert_allclose(realigned.mos, [75.0, 69.5, 34.0, 2.0, 52.5])  # 100 - dmos_new
+    assert "dmos_realigned.mat dmos_new" in realigned.higher_is_better_note
+    _, via_spec = parse_data_spec(f"live:{root}?dmos=realigned")
+    np.testing.assert_allclose(via_spec.mos, realigned.mos)
+    with pytest.raises(DatasetError, match=r"LIVE: dmos must be one of original, realigned"):
+        read_live(root, dmos="new")
+    (root / "dmos_realigned.mat").unlink()
+    with pytest.raises(DatasetError, match=r"LIVE: missing file .*dmos_realigned\.mat"):
+        read_live(root, dmos="realigned")
+    scipy.io.savemat(root / "dmos_realigned.mat", {"dmos_new": np.array([LIVE_DMOS_NEW[:-1]])})
+    with pytest.raises(DatasetError, match=r"dmos_realigned.mat has no variable 'orgs'"):
+        read_live(root, dmos="realigned")
+
+
+def test_spaq_resized_image_dir(tmp_path):
+    from loda.train_cli import parse_data_spec
+
+    root = make_spaq(tmp_path)
+    full = read_spaq(root)
+    resized = root / "TestImage_384"
+    for i, (name, _) in enumerate(SPAQ_ROWS):  # the authors' copy: PNGs named after the JPEGs
+        img(resized / (Path(name).stem + ".png"), i)
+    ds = read_spaq(root, image_dir="TestImage_384")
+    assert [s.path for s in ds.samples] == [resized / f"{n[:-4]}.png" for n, _ in SPAQ_ROWS]
+    assert ds.names == full.names == tuple(f"TestImage/{n}" for n, _ in SPAQ_ROWS)
+    np.testing.assert_allclose(ds.mos, full.mos)
+    _, via_spec = parse_data_spec(f"spaq:{root}?image_dir=TestImage_384")
+    assert [s.path for s in via_spec.samples] == [s.path for s in ds.samples]
+    img(resized / "00002.jpg", 9)  # an exact name match wins over a stem match
+    assert read_spaq(root, image_dir="TestImage_384").samples[1].path == resized / "00002.jpg"
+    (resized / "00010.png").unlink()
+    with pytest.raises(DatasetError, match=r"SPAQ: 1 of 3 images .*TestImage_384.00010\.jpg"):
+        read_spaq(root, image_dir="TestImage_384")
+    with pytest.raises(DatasetError, match=r"SPAQ: missing folder .*TestImage_512"):
+        read_spaq(root, image_dir="TestImage_512")
+    for bad in ("../elsewhere", str(tmp_path)):
+        with pytest.raises(DatasetError, match="image_dir must be a folder inside the root"):
+            read_spaq(root, image_dir=bad)
+
+
+def test_flive_paq2piq_repository_root(tmp_path):
+    # baidut/PaQ-2-PiQ keeps labels_image.csv inside database/, beside the image folders
+    root = make_flive(tmp_path / "repo")
+    (root / "labels_image.csv").rename(root / "database" / "labels_image.csv")
+    ds = read_flive(root)
+    assert [s.name for s in ds.samples] == ["database/" + n for n, _ in FLIVE_ROWS]
+    assert all(s.path.is_file() for s in ds.samples)
+    np.testing.assert_allclose(ds.mos, [71.2, 55.0, 30.4])
+    # the database folder itself works as the root too (labels and images side by side)
+    inner = read_flive(root / "database")
+    assert [s.path for s in inner.samples] == [s.path for s in ds.samples]

@@ -142,9 +142,9 @@ def test_verification_images_from_folder_archive_and_demo_csv(demo_dir, tmp_path
 
 
 def test_default_verification_images_are_a_built_in_demo_set(monkeypatch):
-    import loda.export.onnx as export_module
+    import loda.sources
 
-    monkeypatch.setattr(export_module, "DEMO_REFERENCES", 2)  # the default 8 take ~25 s here
+    monkeypatch.setattr(loda.sources, "DEMO_REFERENCES", 2)  # the default 8 take ~25 s here
     images = load_verification_images(None, 3, PreprocessConfig())
     assert images.source == "built-in demo set" and len(images.names) == 3
     assert all(n.startswith("images/") and n.endswith(".png") for n in images.names)

@@ -1,15 +1,19 @@
-"""bench/gpu_check.py and bench/gpu_bundle.py: the GPU check's code paths, without a GPU.
+"""bench/gpu_check (the GPU check) and bench/gpu_bundle.py: the code paths, without a GPU.
 
-The GPU machine holds only torch, timm, onnx, onnxruntime, numpy and Pillow, and this project is
-not installed there. The smoke run below reproduces that: a ``sitecustomize`` puts ``None`` in
-``sys.modules`` for every package the machine lacks (``import`` then raises ModuleNotFoundError
-and ``importlib.util.find_spec`` answers None, exactly as for a missing package) and removes the
-editable install's finder, so ``loda`` and ``loda.export`` must come from the source tree.
+The smoke run goes the way the GPU machine goes: the bundle carries loda's wheel, and
+``bench/gpu_check.sh`` installs it offline into a temporary folder on PYTHONPATH and runs the
+check with that INSTALLED package. The machine holds torch, timm, onnx, onnxruntime, numpy and
+Pillow; the bundle ships click, tqdm, safetensors and onnxslim (here they come from the venv,
+at the versions the bundle would download). A ``sitecustomize`` puts ``None`` in
+``sys.modules`` for every package neither the machine nor the bundle has (``import`` then
+raises ModuleNotFoundError and ``find_spec`` answers None, as for a missing package) and drops
+the editable install's finder, so ``loda`` can only come from the installed wheel.
 """
 
 from __future__ import annotations
 
 import csv
+import importlib
 import importlib.util
 import json
 import os
@@ -17,18 +21,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 from conftest import write_photo
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "bench"
-# Not on the GPU machine (or not promised): must never be needed by the check.
+# Neither on the GPU machine (or not promised) nor in the bundle: the check must not need them.
 ABSENT_THERE = (
     "scipy",
-    "click",
-    "tqdm",
-    "safetensors",
     "sklearn",
     "skimage",
     "openpyxl",
@@ -66,13 +66,18 @@ def _load(name: str):
     return module
 
 
-def _gpu_machine_env(tmp_path: Path) -> dict[str, str]:
+def _gpu_machine_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     site = tmp_path / "site"
     site.mkdir(exist_ok=True)
     (site / "sitecustomize.py").write_text(SITECUSTOMIZE, encoding="utf-8")
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(site)
-    return env
+    return dict(os.environ, PYTHONPATH=str(site), PY=sys.executable, **extra)
+
+
+def _gpucheck(module: str):
+    """A part of bench/gpucheck, imported as bench/gpu_check.py imports it."""
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
+    return importlib.import_module(f"gpucheck.{module}")
 
 
 def _fake_demo_set(root: Path, n: int = 5) -> Path:
@@ -101,18 +106,19 @@ def test_smoke_runs_every_section_with_only_the_gpu_machines_packages(tmp_path):
     save_checkpoint(create_model("loda_micro").eval(), ckpt)
     bundle = tmp_path / "bundle"
     manifest = _load("gpu_bundle").make_bundle(
-        _fake_demo_set(tmp_path / "demo"), bundle, n=4, checkpoint=ckpt, max_mb=16
+        _fake_demo_set(tmp_path / "demo"), bundle, n=4, checkpoint=ckpt, max_mb=16, download=False
     )
     assert len(manifest["images"]) == 4 and manifest["checkpoint"]["config"]["name"] == "loda_micro"
-    assert (bundle / "model_state.pt").is_file()
+    assert (bundle / "model.safetensors").is_file()
+    (wheel,) = manifest["wheels"]
+    assert wheel.startswith("loda-") and (bundle / "wheels" / wheel).is_file()
 
     report = tmp_path / "report.json"
+    env = _gpu_machine_env(tmp_path, GPU_CHECK_WHEELS=str(bundle / "wheels"))
     out = subprocess.run(
-        [sys.executable, str(BENCH / "gpu_check.py"), "--device", "cpu", "--smoke",
-         "--smoke-workers", "--images", str(bundle), "--n-images", "3", "--batches", "2",
-         "--out", str(report)],
-        cwd=tmp_path, env=_gpu_machine_env(tmp_path), capture_output=True, text=True,
-        timeout=300, check=False,
+        ["bash", str(BENCH / "gpu_check.sh"), "--device", "cpu", "--smoke", "--smoke-workers",
+         "--images", str(bundle), "--n-images", "3", "--batches", "2", "--out", str(report)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     assert f"report: {report}" in out.stdout
@@ -124,8 +130,11 @@ def test_smoke_runs_every_section_with_only_the_gpu_machines_packages(tmp_path):
     assert all(isinstance(s.get("seconds"), (int, float)) for s in sections.values())
 
     env = sections["env"]
-    assert env["status"] == "ok" and env["loda_from_this_tree"]
-    assert not any(env["optional_modules"][m] for m in ("scipy", "click", "tqdm", "safetensors"))
+    assert env["status"] == "ok" and not env["loda_from_this_tree"]
+    install = env["loda_install"]  # bench/gpu_install.py's record: the wheel went in
+    assert install["installed"][0] == wheel
+    assert env["loda_imported_from"] == str(Path(install["target"]) / "loda")
+    assert not any(env["optional_modules"][m] for m in ("scipy", "sklearn", "onnxscript"))
 
     images = sections["images"]
     assert images["status"] == "ok" and images["source"] == "bundle"
@@ -166,31 +175,17 @@ def test_smoke_runs_every_section_with_only_the_gpu_machines_packages(tmp_path):
 
 
 def test_no_images_anywhere_falls_back_to_generated_images_and_says_so(tmp_path, monkeypatch):
-    gpu_check = _load("gpu_check")
-    monkeypatch.setattr(gpu_check, "DEFAULT_BUNDLE", tmp_path / "no_bundle")
-    monkeypatch.setattr(gpu_check, "DEFAULT_DEMOSET", tmp_path / "no_demoset")
-    args = gpu_check.parse_args(["--smoke", "--device", "cpu", "--n-images", "3"])
-    report = gpu_check.Report(tmp_path / "r.json", 100.0, args)
-    images, notes = gpu_check.find_images(args, report, tmp_path)
+    images_mod = _gpucheck("images")
+    monkeypatch.setattr(images_mod, "DEFAULT_BUNDLE", tmp_path / "no_bundle")
+    monkeypatch.setattr(images_mod, "DEFAULT_DEMOSET", tmp_path / "no_demoset")
+    args = _gpucheck("main").parse_args(["--smoke", "--device", "cpu", "--n-images", "3"])
+    images, notes = images_mod.find_images(args, 100.0, tmp_path)
     assert images.source == "generated" and len(images.paths) == 3
     assert all(p.is_file() for p in images.paths) and images.mos == [None] * 3
     assert any("no bundle" in n for n in notes) and any("no demo set" in n for n in notes)
     from loda.preprocess import preprocess_image
 
     assert preprocess_image(images.paths[0]).shape == (15, 224, 224, 3)
-
-
-def test_spearman_matches_scipy_with_ties():
-    from scipy.stats import spearmanr
-
-    gpu_check = _load("gpu_check")
-    rng = np.random.default_rng(0)
-    for _ in range(5):
-        a = rng.integers(0, 6, 30).astype(float)  # many ties
-        b = a + rng.normal(0, 1.5, 30)
-        assert gpu_check.spearman(a, b) == pytest.approx(spearmanr(a, b).statistic, abs=1e-12)
-    assert gpu_check.spearman([1, 1, 1], [1, 2, 3]) is None  # constant: undefined
-    assert gpu_check.spearman([1, 2], [1, 2]) is None  # too few
 
 
 def test_bundle_refuses_a_foreign_directory_and_a_missing_demo_set(tmp_path):
@@ -200,11 +195,17 @@ def test_bundle_refuses_a_foreign_directory_and_a_missing_demo_set(tmp_path):
     foreign.mkdir()
     (foreign / "keep.txt").write_text("mine")
     with pytest.raises(gpu_bundle.BundleError, match="not a GPU bundle"):
-        gpu_bundle.make_bundle(demo, foreign, n=2, checkpoint=None, max_mb=16)
+        gpu_bundle.make_bundle(demo, foreign, n=2, checkpoint=None, max_mb=16, download=False)
     with pytest.raises(gpu_bundle.BundleError, match="no demo set"):
-        gpu_bundle.make_bundle(tmp_path / "none", tmp_path / "b", n=2, checkpoint=None, max_mb=16)
-    made = gpu_bundle.make_bundle(demo, tmp_path / "b", n=2, checkpoint=None, max_mb=16)
-    again = gpu_bundle.make_bundle(demo, tmp_path / "b", n=3, checkpoint=None, max_mb=16)
+        gpu_bundle.make_bundle(
+            tmp_path / "none", tmp_path / "b", n=2, checkpoint=None, max_mb=16, download=False
+        )
+    made = gpu_bundle.make_bundle(
+        demo, tmp_path / "b", n=2, checkpoint=None, max_mb=16, download=False
+    )
+    again = gpu_bundle.make_bundle(
+        demo, tmp_path / "b", n=3, checkpoint=None, max_mb=16, download=False
+    )
     assert len(made["images"]) == 2 and len(again["images"]) == 3  # its own bundle is replaced
     assert sorted(p.name for p in (tmp_path / "b" / "images").iterdir()) == sorted(
         Path(e["file"]).name for e in again["images"]
@@ -214,7 +215,8 @@ def test_bundle_refuses_a_foreign_directory_and_a_missing_demo_set(tmp_path):
 @pytest.mark.slow
 def test_shell_wrapper_keeps_a_partial_report_when_killed_and_fails_without_one(tmp_path):
     report = tmp_path / "r.json"
-    env = dict(os.environ, PY=sys.executable, GPU_CHECK_TIMEOUT="8")
+    # GPU_CHECK_INSTALL=0: the venv's own loda (this test is about the timeout and the report).
+    env = dict(os.environ, PY=sys.executable, GPU_CHECK_TIMEOUT="8", GPU_CHECK_INSTALL="0")
     out = subprocess.run(
         ["bash", str(BENCH / "gpu_check.sh"), "--out", str(report), "--device", "cpu", "--smoke",
          "--images", str(tmp_path / "missing")],
@@ -228,9 +230,41 @@ def test_shell_wrapper_keeps_a_partial_report_when_killed_and_fails_without_one(
     else:  # finished: the missing --images folder is an error in its section, not a crash
         assert data["sections"]["images"]["status"] == "error"
 
-    env_bad = dict(os.environ, PY="false")
+    env_bad = dict(os.environ, PY="false", GPU_CHECK_INSTALL="0")
     bad = subprocess.run(
         ["bash", str(BENCH / "gpu_check.sh"), "--out", str(tmp_path / "none.json")],
         env=env_bad, capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert bad.returncode == 1 and "no report written" in bad.stderr
+
+    # No wheels to install (no bundle made): one line, no report, exit 1.
+    env_none = dict(os.environ, PY=sys.executable, GPU_CHECK_WHEELS=str(tmp_path / "nowheels"))
+    none = subprocess.run(
+        ["bash", str(BENCH / "gpu_check.sh"), "--out", str(tmp_path / "n.json")],
+        env=env_none, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert none.returncode == 1 and not (tmp_path / "n.json").exists()
+    assert "no wheels at" in none.stderr and "installing loda" in none.stderr
+
+
+def test_install_plan_ships_only_the_dependencies_this_python_lacks(tmp_path):
+    import zipfile
+
+    gpu_install = _load("gpu_install")
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    for name, files in {
+        "loda-0.1.0-py3-none-any.whl": ["loda/__init__.py"],
+        "numpy-9.9-py3-none-any.whl": ["numpy/__init__.py", "numpy-9.9.dist-info/RECORD"],
+        "absentdep-1.0-py3-none-any.whl": ["absentdep_mod.py", "absentdep-1.0.dist-info/RECORD"],
+    }.items():
+        with zipfile.ZipFile(wheels / name, "w") as zf:
+            for f in files:
+                zf.writestr(f, "")
+    loda, install, present = gpu_install.plan(wheels)
+    assert loda.name.startswith("loda-")
+    assert [w.name for w in install] == ["absentdep-1.0-py3-none-any.whl"]
+    assert present == ["numpy-9.9-py3-none-any.whl"]  # importable here: the machine's own stays
+    (wheels / "loda-0.2.0-py3-none-any.whl").write_bytes((wheels / loda.name).read_bytes())
+    with pytest.raises(SystemExit, match="2 loda wheels"):
+        gpu_install.plan(wheels)

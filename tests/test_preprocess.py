@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from loda.preprocess import (
     DEFAULT_CONFIG,
@@ -584,3 +585,181 @@ def test_config_from_dict_rejects_unknown_keys():
     assert "\n" not in str(ei.value)
     with pytest.raises(ValueError, match="resize_rule"):
         PreprocessConfig.from_dict({"resize_rule": "something else"})
+
+
+# ---------------------------------------------------------------------------------------------
+# The exact path pinned to Pillow; the fast decode path
+# ---------------------------------------------------------------------------------------------
+
+FAST = PreprocessConfig(decode="fast")
+
+
+def _photo(path: Path, w: int, h: int, seed: int = 0, exif=None, **save) -> Path:
+    """A photo-like image: smooth large-scale structure plus fine grain, made in the test."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, size=(max(h // 64, 2), max(w // 64, 2), 3), dtype=np.uint8)
+    img = Image.fromarray(coarse).resize((w, h), Image.Resampling.BICUBIC)
+    arr = np.asarray(img).astype(np.int16) + rng.integers(-6, 7, size=(h, w, 3), dtype=np.int16)
+    out = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+    if exif is not None:
+        save["exif"] = exif
+    out.save(path, **save)
+    return path
+
+
+def _pillow_reference_crops(path: Path, cfg: PreprocessConfig = DEFAULT_CONFIG) -> np.ndarray:
+    """The exact path computed independently: Pillow open -> EXIF transpose -> RGB -> resize to
+    the torchvision size (by hand) -> the grid crops sliced out."""
+    with Image.open(path) as im:
+        im = ImageOps.exif_transpose(im).convert("RGB")
+    w, h = im.size
+    short = cfg.resize_short
+    size = (short, int(short * h / w)) if w <= h else (int(short * w / h), short)
+    resized = np.asarray(im.resize(size, Image.Resampling.BICUBIC))
+    pos = grid_positions(size[1], size[0], cfg.crop_size, cfg.num_crops)
+    c = cfg.crop_size
+    return np.stack([resized[y : y + c, x : x + c] for y, x in pos.tolist()])
+
+
+@pytest.mark.parametrize(
+    "name,w,h,orientation",
+    [("a.jpg", 1600, 1200, None), ("b.jpg", 1200, 1700, 6), ("c.png", 900, 700, 3)],
+)
+def test_exact_path_is_byte_identical_to_plain_pillow(tmp_path, name, w, h, orientation):
+    exif = None
+    if orientation is not None:
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+    kwargs = {"quality": 90} if name.endswith(".jpg") else {}
+    path = _photo(tmp_path / name, w, h, exif=exif, **kwargs)
+    expected = _pillow_reference_crops(path)
+    got = preprocess_image(path)
+    assert got.dtype == np.uint8 and got.shape == expected.shape
+    np.testing.assert_array_equal(got, expected)
+    # and the composition of the public steps (decode -> array -> resize) gives the same bytes
+    resized = resize_short_side(decode_image(path))
+    np.testing.assert_array_equal(
+        got, extract_crops(resized, grid_positions(*resized.shape[:2]), 224)
+    )
+
+
+def test_exact_path_with_alpha_is_unchanged(tmp_path):
+    rgba = np.random.default_rng(3).integers(0, 256, size=(500, 700, 4), dtype=np.uint8)
+    path = tmp_path / "alpha.png"
+    Image.fromarray(rgba).save(path)
+    flat = np.asarray(decode_image(path))  # composited onto white by the documented rule
+    expected = extract_crops(resize_short_side(flat), grid_positions(384, 537), 224)
+    np.testing.assert_array_equal(preprocess_image(path), expected)
+    fast = preprocess_image(path, FAST)
+    assert fast.shape == expected.shape
+
+
+def test_config_decode_field():
+    assert PreprocessConfig().decode == "exact" and DEFAULT_CONFIG.decode == "exact"
+    d = FAST.to_dict()
+    assert d["decode"] == "fast"
+    assert PreprocessConfig.from_dict(json.loads(json.dumps(d))) == FAST
+    legacy = PreprocessConfig().to_dict()
+    del legacy["decode"]  # metadata written before the field existed
+    assert PreprocessConfig.from_dict(legacy).decode == "exact"
+    with pytest.raises(ValueError, match="decode must be one of") as ei:
+        PreprocessConfig(decode="turbo")
+    assert "\n" not in str(ei.value)
+
+
+@pytest.mark.parametrize(
+    "w,h",
+    # draft scales: 1/4, 1/2 (864 // 384 = 2), 1/8 (3073 // 384 = 8), 1/4 (3071 // 384 = 7),
+    # none (767 // 384 = 1), and a size that is not a multiple of the scale
+    [(2400, 1800), (1152, 864), (3073, 3200), (3071, 3071), (767, 1535), (2403, 1601)],
+)
+def test_fast_path_same_geometry_and_close_pixels(tmp_path, w, h):
+    path = _photo(tmp_path / "p.jpg", w, h, quality=90)
+    exact = preprocess_image_with_info(path)
+    fast = preprocess_image_with_info(path, FAST)
+    assert (fast.original_width, fast.original_height) == (w, h)
+    assert (fast.resized_width, fast.resized_height) == (exact.resized_width, exact.resized_height)
+    np.testing.assert_array_equal(fast.positions, exact.positions)
+    diff = np.abs(fast.crops.astype(np.int16) - exact.crops.astype(np.int16))
+    assert diff.mean() < 1.5, diff.mean()
+    if min(w, h) >= 768:  # a reduced-scale decode happened: not the exact pixels
+        assert diff.max() > 0
+
+
+def test_fast_path_decodes_at_reduced_scale(tmp_path, monkeypatch):
+    path = _photo(tmp_path / "big.jpg", 3200, 2400, quality=90)
+    from PIL import JpegImagePlugin
+
+    calls = []
+
+    jpeg_draft = JpegImagePlugin.JpegImageFile.draft
+
+    def jpeg_spy(self, mode, size):
+        result = jpeg_draft(self, mode, size)
+        calls.append((size, self.size))
+        return result
+
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", jpeg_spy)
+    preprocess_image(path, FAST)
+    # the smallest DCT scale that keeps both sides >= 384: 2400 // 384 = 6 -> 1/4
+    assert calls == [((384, 384), (800, 600))]
+    calls.clear()
+    preprocess_image(path)
+    assert calls == []  # the exact path never drafts
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_fast_path_applies_every_exif_orientation(tmp_path, orientation):
+    w, h = 1600, 1200
+    arr = np.full((h, w, 3), 128, dtype=np.uint8)
+    arr[:300, :300] = (255, 0, 0)  # a red block in the stored top-left corner
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / "o.jpg"
+    Image.fromarray(arr).save(path, quality=95, exif=exif)
+    exact = preprocess_image_with_info(path)
+    fast = preprocess_image_with_info(path, FAST)
+    assert (fast.original_width, fast.original_height) == (
+        exact.original_width,
+        exact.original_height,
+    )
+    np.testing.assert_array_equal(fast.positions, exact.positions)
+    diff = np.abs(fast.crops.astype(np.int16) - exact.crops.astype(np.int16))
+    assert diff.mean() < 1.0, (orientation, diff.mean())
+
+
+def test_fast_path_pixel_limits_still_apply(tmp_path):
+    path = _photo(tmp_path / "p.jpg", 1600, 1200, quality=90)
+    with pytest.raises(ImageDecodeError, match=r"1600x1200 = 1920000 pixels exceeds the limit"):
+        preprocess_image(path, FAST, max_pixels=1_000_000)
+    strip = _photo(tmp_path / "strip.jpg", 4000, 16, quality=90)
+    with pytest.raises(ImageDecodeError, match="extreme aspect ratio"):
+        preprocess_image(strip, dataclasses.replace(FAST, crop_size=16), max_pixels=100_000)
+
+
+@pytest.mark.parametrize("mode", ["L", "CMYK"])
+def test_fast_path_other_jpeg_modes(tmp_path, mode):
+    path = tmp_path / f"{mode}.jpg"
+    rgb = _photo(tmp_path / "src.png", 1000, 800)
+    Image.open(rgb).convert(mode).save(path, quality=90)
+    exact, fast = preprocess_image(path), preprocess_image(path, FAST)
+    assert fast.shape == exact.shape == (15, 224, 224, 3)
+    assert np.abs(fast.astype(np.int16) - exact.astype(np.int16)).mean() < 1.5
+
+
+def test_fast_path_leaves_png_and_arrays_exact(tmp_path):
+    # only JPEGs have a reduced-scale decode; everything else takes the exact path
+    path = _photo(tmp_path / "p.png", 1200, 900)
+    exact = preprocess_image(path)
+    np.testing.assert_array_equal(preprocess_image(path, FAST), exact)
+    np.testing.assert_array_equal(preprocess_image(decode_image(path), FAST), exact)
+
+
+def test_fast_path_errors_are_one_line(tmp_path):
+    full = io.BytesIO()
+    Image.fromarray(_rng_image(900, 1200)).save(full, format="JPEG", quality=90)
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(full.getvalue()[: len(full.getvalue()) // 2])
+    with pytest.raises(ImageDecodeError, match=r"cut\.jpg") as ei:
+        preprocess_image(cut, FAST)
+    assert "\n" not in str(ei.value)

@@ -52,26 +52,57 @@ def _tensorrt_engine(micro, tmp_path_factory):
             parse_batch_profile,
         )
 
-        import_tensorrt()
+        import_tensorrt("tensorrt")
         gpu_properties()
     except TrtUnavailable as exc:
         pytest.skip(f"tensorrt backend: {exc}")
     engine = tmp_path_factory.mktemp("engine") / "micro.engine"
-    build_engine(micro.onnx_path, engine, profile=parse_batch_profile("1:15:64"), log=None)
+    build_engine(
+        micro.onnx_path,
+        engine,
+        flavor="tensorrt",
+        profile=parse_batch_profile("1:15:64"),
+        log=None,
+    )
     return engine
 
 
+def _rtx_backend(micro, tmp_path_factory):
+    """An FP32 TensorRT-RTX plan (built here, no GPU needed) opened where an RTX GPU it
+    targets exists; skipped with the backend's one-line reason elsewhere."""
+    pytest.importorskip(
+        "tensorrt_rtx", reason="tensorrt-rtx backend: TensorRT-RTX is not installed"
+    )
+    from loda.export.trt import build_engine, parse_batch_profile
+
+    d = tmp_path_factory.mktemp("rtx_engine")
+    engine = d / "micro.engine"
+    build_engine(micro.onnx_path, engine, profile=parse_batch_profile("1:15:64"), log=None)
+    try:
+        return open_backend(engine, "tensorrt-rtx", cache_dir=d / "cache")
+    except BackendError as exc:  # BackendUnavailable (no GPU / driver) or INVALID here
+        pytest.skip(f"tensorrt-rtx backend: {exc}")
+
+
 @pytest.fixture(
-    params=["onnxruntime", "torch", pytest.param("tensorrt", marks=pytest.mark.tensorrt)]
+    params=[
+        "onnxruntime",
+        "torch",
+        pytest.param("tensorrt", marks=pytest.mark.tensorrt),
+        pytest.param("tensorrt-rtx", marks=[pytest.mark.gpu, pytest.mark.slow]),
+    ]
 )
 def backend(request, micro, tmp_path_factory):
     name = request.param
-    path = {
-        "onnxruntime": lambda: micro.onnx_path,
-        "torch": lambda: micro.checkpoint,
-        "tensorrt": lambda: _tensorrt_engine(micro, tmp_path_factory),
-    }[name]()
-    opened = open_backend(path, device="cpu" if name != "tensorrt" else "auto")
+    if name == "tensorrt-rtx":
+        opened = _rtx_backend(micro, tmp_path_factory)
+    else:
+        path = {
+            "onnxruntime": lambda: micro.onnx_path,
+            "torch": lambda: micro.checkpoint,
+            "tensorrt": lambda: _tensorrt_engine(micro, tmp_path_factory),
+        }[name]()
+        opened = open_backend(path, device="cpu" if name != "tensorrt" else "auto")
     yield opened
     opened.close()
 
@@ -142,7 +173,7 @@ def test_backend_choice_by_suffix_and_errors(tmp_path, micro):
         open_backend(tmp_path / "missing.onnx")
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"not a protobuf")
-    with pytest.raises(BackendError, match="cannot load"):
+    with pytest.raises(BackendError, match="damaged or not an ONNX model"):
         open_backend(junk)
 
 

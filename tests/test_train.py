@@ -6,8 +6,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import openpyxl
 import pytest
 import torch
+from PIL import Image
 
 from loda.checkpoint import load_checkpoint, save_checkpoint
 from loda.datasets import read_dataset
@@ -15,7 +17,7 @@ from loda.demo_data import make_demo_set
 from loda.errors import LodaError
 from loda.evaluate import evaluate_samples, predict_samples
 from loda.model import create_model
-from loda.preprocess import PreprocessConfig
+from loda.preprocess import PreprocessConfig, load_resized
 from loda.splits import Splits, make_splits
 from loda.train import TrainConfig, TrainCrops, latest_epoch, plcc_loss, state_path, train
 
@@ -223,6 +225,10 @@ def test_train_and_eval_commands(small_set, tmp_path):
         "--baseline",
         "--synthetic-per-ref",
         "2",
+        "--decode",
+        "fast",
+        "--cache-mb",
+        "8",
     )
     assert res.returncode == 0, res.stderr
     report = json.loads((out / "results.json").read_text())
@@ -242,6 +248,11 @@ def test_train_and_eval_commands(small_set, tmp_path):
         model_meta.calibration is not None
         and model_meta.provenance["srcc"] == report["trained"]["srcc"]
     )
+    # the training decode mode and cache are training settings; the model's preprocessing
+    # (what scoring uses) stays exact
+    assert model_meta.provenance["train"]["decode"] == "fast"
+    assert model_meta.provenance["train"]["cache_mb"] == 8
+    assert model_meta.preprocess.decode == "exact"
 
     ev = _cli(
         "eval_main",
@@ -311,6 +322,8 @@ def test_counts_and_seeds_out_of_range_are_usage_errors(tmp_path, small_set):
         ((*trainer, "--batch-size", "-4"), "--batch-size"),
         ((*trainer, "--crops-per-image", "0"), "--crops-per-image"),
         ((*trainer, "--num-splits", "0"), "--num-splits"),
+        ((*trainer, "--cache-mb", "-1"), "--cache-mb"),
+        ((*trainer, "--decode", "turbo"), "--decode"),
     ]:
         res = _cli(*args)
         assert res.returncode == 2, (args, res.stderr)
@@ -414,3 +427,77 @@ def test_eval_splits_uses_the_random_crop_layout_and_checks_k_up_front(small_set
     (line,) = res.stderr.strip().splitlines()
     assert str(out / "splits.json") in line and "k=1" in line
     assert not (tmp_path / "more" / "split0").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# camera-size photos: a SPAQ-like set of 12 MP JPEGs made here
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def camera_spaq(tmp_path_factory):
+    """SPAQ's layout (xlsx + TestImage/) with four 4000x3000 JPEGs (quality 90)."""
+    root = tmp_path_factory.mktemp("spaq")
+    (root / "TestImage").mkdir()
+    wb = openpyxl.Workbook()
+    wb.active.append(["Image name", "MOS"])
+    for i, mos in enumerate([31.0, 48.5, 62.0, 80.25]):
+        name = f"{i + 1:05d}.jpg"
+        wb.active.append([name, mos])
+        coarse = np.random.default_rng(i).integers(0, 256, (12, 16, 3), dtype=np.uint8)
+        photo = Image.fromarray(coarse).resize((4000, 3000), Image.Resampling.BICUBIC)
+        photo.save(root / "TestImage" / name, quality=90)
+    wb.save(root / "MOS and Image attribute scores.xlsx")
+    return root
+
+
+def test_training_on_camera_size_photos_with_the_fast_decode(camera_spaq, tmp_path):
+    samples = read_dataset("spaq", camera_spaq).samples
+    cfg = TrainConfig(epochs=1, batch_size=4, crops_per_image=1, lr=1e-3, decode="fast", cache_mb=2)
+    result = train(_micro(), samples, tmp_path, cfg, progress=False)
+    assert result.epochs_run == 1 and np.isfinite(result.losses[0])
+    meta = load_checkpoint(result.checkpoint)[1]
+    assert meta.provenance["train"]["decode"] == "fast"
+    assert meta.provenance["train"]["cache_mb"] == 2
+    assert meta.preprocess.decode == "exact"  # the model's preprocessing stays exact
+
+
+def test_training_images_follow_the_decode_mode_and_the_cache_bound(camera_spaq):
+    samples = read_dataset("spaq", camera_spaq).samples
+    fast_cfg = PreprocessConfig(decode="fast")
+    fast = TrainCrops(samples, fast_cfg, crops_per_image=1, seed=0, cache_mb=2)
+    first = fast._image(samples[0])
+    assert first.shape == (384, 512, 3)
+    np.testing.assert_array_equal(first, load_resized(samples[0].path, fast_cfg)[0])
+    assert not np.array_equal(first, load_resized(samples[0].path)[0])  # not the exact pixels
+    for s in samples:
+        fast._image(s)
+    # one resized image is 512 * 384 * 3 = 589,824 bytes: 2 MB hold the last 3 of the 4
+    assert len(fast.cache.items) == 3 and fast.cache.size <= 2 * 1024 * 1024
+    assert str(samples[0].path) not in fast.cache.items
+    uncached = TrainCrops(samples, PreprocessConfig(), crops_per_image=1, seed=0, cache_mb=0)
+    for s in samples:
+        uncached._image(s)
+    assert not uncached.cache.items
+    with pytest.raises(LodaError, match="--cache-mb"):
+        TrainConfig(cache_mb=-1)
+    with pytest.raises(LodaError, match="--decode must be one of exact, fast"):
+        TrainConfig(decode="turbo")
+
+
+def test_a_resized_folder_gives_the_same_training_crops(camera_spaq):
+    """SPAQ's ?image_dir=: a copy resized by the shared preprocessing (PNG, 384 short side)
+    gives the crops of the full-size photos, with no full-size decode."""
+    full = read_dataset("spaq", camera_spaq)
+    resized_dir = camera_spaq / "TestImage_384"
+    resized_dir.mkdir(exist_ok=True)
+    for s in full.samples:
+        Image.fromarray(load_resized(s.path)[0]).save(resized_dir / f"{s.path.stem}.png")
+    small = read_dataset("spaq", camera_spaq, image_dir="TestImage_384")
+    assert all(s.path.parent == resized_dir for s in small.samples)
+    assert small.names == full.names
+    a = TrainCrops(full.samples, PreprocessConfig(), crops_per_image=3, seed=1)
+    b = TrainCrops(small.samples, PreprocessConfig(), crops_per_image=3, seed=1)
+    for i in range(len(a)):
+        np.testing.assert_array_equal(a[i][0], b[i][0])
+        assert a[i][1] == b[i][1]
