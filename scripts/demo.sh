@@ -40,8 +40,10 @@ step "4/8 export FP32 ONNX (normalisation in the graph), verified against PyTorc
 step "5/8 export the strongly typed FP16 ONNX, verified against FP32 -> $MODELS/model.fp16.onnx"
 "$BIN/loda-export" onnx "$CKPT" --precision fp16 -o "$MODELS/model.fp16.onnx" --images "$DEMO_DIR/heldout.tar"
 
-step "6/8 INT8 Q/DQ ONNX (TensorRT target) calibrated on training images, verified on held-out ones -> $MODELS/model.int8.onnx"
-"$BIN/loda-calib" int8 "$MODELS/model.onnx" --images "$DEMO_DIR/train.tar" --verify-images "$DEMO_DIR/heldout.tar" -o "$MODELS/model.int8.onnx"
+# entropy calibration: on the demo model trained on an AMD EPYC (Zen 4) minmax missed the INT8
+# parity tolerance (|dSRCC| 0.0128) and entropy passed (0.0068); docs/experiments.md
+step "6/8 INT8 Q/DQ ONNX (TensorRT target, entropy calibration) on training images, verified on held-out ones -> $MODELS/model.int8.onnx"
+"$BIN/loda-calib" int8 "$MODELS/model.onnx" --images "$DEMO_DIR/train.tar" --verify-images "$DEMO_DIR/heldout.tar" --method entropy -o "$MODELS/model.int8.onnx"
 
 ARTIFACTS=("$MODELS/model.onnx" "$MODELS/model.fp16.onnx" "$MODELS/model.int8.onnx")
 step "7/8 TensorRT for RTX engine of the FP16 graph (built on this machine, no GPU needed; runs on RTX GPUs) -> $MODELS/model.fp16.rtx.engine"
