@@ -798,7 +798,13 @@ def _quantize(
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         onnx.save(graph.model, str(src))
         try:
-            with _quiet_ort_logging(), contextlib.redirect_stdout(sys.stderr):
+            # ONNX Runtime's calibrators print progress chatter ("Collecting tensor data and
+            # making histogram ..." once per image for entropy/percentile); failures raise.
+            with (
+                _quiet_ort_logging(),
+                open(os.devnull, "w") as devnull,
+                contextlib.redirect_stdout(devnull),
+            ):
                 q.quantize_static(
                     str(src),
                     str(dst),
