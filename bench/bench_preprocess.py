@@ -248,7 +248,7 @@ def measure_speed(files: dict[str, list[Path]], rounds: int) -> dict[str, Any]:
 def _model(checkpoint: Path | None, config: str):
     import torch
 
-    from loda.model import create_model
+    from loda.model import create_model, perturb
 
     torch.set_num_threads(os.cpu_count() or 1)  # inference only; timings are done by then
     if checkpoint is not None:
@@ -257,16 +257,7 @@ def _model(checkpoint: Path | None, config: str):
         model, _ = load_checkpoint(checkpoint)
         return model.eval(), f"checkpoint {checkpoint}"
     torch.manual_seed(0)
-    model = create_model(config)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():  # as tests/conftest.py perturb(): every learner path matters
-        sf = model.learner.scale_factor
-        sf.copy_(torch.randn(sf.shape, generator=g) * 0.5)
-        for name, buf in model.feature_model.named_buffers():
-            if name.endswith("running_mean"):
-                buf.copy_(torch.randn(buf.shape, generator=g) * 0.1)
-            elif name.endswith("running_var"):
-                buf.copy_(torch.rand(buf.shape, generator=g) + 0.5)
+    model = perturb(create_model(config), seed=0)  # every learner path matters
     return model.eval(), f"random-init {config} (seed 0, perturbed)"
 
 

@@ -257,3 +257,22 @@ def create_model(
             model, vit_weights=vit_weights, cnn_weights=cnn_weights, require_both=pretrained
         )
     return model
+
+
+def perturb(model: LoDa, seed: int = 0) -> LoDa:
+    """Give a random-init model non-trivial learner and BatchNorm state, in place.
+
+    Random init leaves the adapters' scale factors near 0.02, so every learner path contributes
+    almost nothing and a bug or a precision loss there could hide below a check's tolerance;
+    tests and benchmarks that use random weights perturb them first (seeded).
+    """
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        sf = model.learner.scale_factor
+        sf.copy_(torch.randn(sf.shape, generator=g) * 0.5)
+        for name, buf in model.feature_model.named_buffers():
+            if name.endswith("running_mean"):
+                buf.copy_(torch.randn(buf.shape, generator=g) * 0.1)
+            elif name.endswith("running_var"):
+                buf.copy_(torch.rand(buf.shape, generator=g) + 0.5)
+    return model

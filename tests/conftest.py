@@ -10,24 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from loda.model import LoDa, create_model
+from loda.model import LoDa, create_model, perturb
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def perturb(model: LoDa, seed: int = 0) -> LoDa:
-    """Make every learner path matter: random init gives scale_factor ~ 0.02, which would let
-    an adapter bug hide below test tolerances. Also give the BN buffers non-trivial values."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        sf = model.learner.scale_factor
-        sf.copy_(torch.randn(sf.shape, generator=g) * 0.5)
-        for name, buf in model.feature_model.named_buffers():
-            if name.endswith("running_mean"):
-                buf.copy_(torch.randn(buf.shape, generator=g) * 0.1)
-            elif name.endswith("running_var"):
-                buf.copy_(torch.rand(buf.shape, generator=g) + 0.5)
-    return model
 
 
 @pytest.fixture(scope="session")
