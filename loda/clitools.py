@@ -67,7 +67,7 @@ _SPEC_OPTIONS = re.compile(r"\?(\w+=[^&?]*(?:&\w+=[^&?]*)*)$")
 def parse_data_spec(spec: str):
     """``KIND:ROOT[?KEY=VALUE&...]`` or ``file.csv`` -> (kind, Dataset); the options go to
     the reader (``koniq10k:ROOT?image_dir=512x384``, ``livec:ROOT?training_images=keep``)."""
-    from .datasets import READERS, read_dataset
+    from .data.datasets import READERS, read_dataset
 
     kind, sep, root = spec.partition(":")
     if sep and kind in READERS:

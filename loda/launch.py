@@ -76,10 +76,10 @@ def _entry(target: str, prog: str) -> Callable[[], None]:
 
 
 loda = _entry("loda.cli:main", "loda")
-loda_data = _entry("loda.data_cli:main", "loda-data")
-loda_train = _entry("loda.train_cli:train_main", "loda-train")
-loda_eval = _entry("loda.train_cli:eval_main", "loda-eval")
-loda_eval_splits = _entry("loda.train_cli:eval_splits_main", "loda-eval-splits")
+loda_data = _entry("loda.data.cli:main", "loda-data")
+loda_train = _entry("loda.train.cli:train_main", "loda-train")
+loda_eval = _entry("loda.train.cli:eval_main", "loda-eval")
+loda_eval_splits = _entry("loda.train.cli:eval_splits_main", "loda-eval-splits")
 loda_export = _entry("loda.export.cli:main", "loda-export")
 loda_calib = _entry("loda.calib.cli:main", "loda-calib")
 loda_trt = _entry("loda.export.trt_cli:main", "loda-trt")

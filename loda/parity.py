@@ -56,7 +56,7 @@ from .compare import (
     nonfinite_problem,
 )
 from .compare import spread_indices as spread_indices
-from .datasets import Dataset, DatasetError, Sample
+from .data.datasets import Dataset, DatasetError, Sample
 from .errors import LodaError, first_line, one_line
 from .metadata import CheckpointMeta
 
@@ -124,7 +124,7 @@ def select_samples(
 ) -> tuple[tuple[Sample, ...], str]:
     """The images to compare on, and a description of the choice.
 
-    ``splits`` (a :class:`loda.splits.Splits`) with ``subset`` ``"test"`` or ``"train"`` picks
+    ``splits`` (a :class:`loda.data.splits.Splits`) with ``subset`` ``"test"`` or ``"train"`` picks
     that side of split ``split_index``; ``limit`` keeps that many, spread evenly.
     """
     chosen: tuple[Sample, ...] = tuple(dataset.samples)

@@ -125,9 +125,9 @@ def parity_cmd(
     passed. Exit 1 when any artifact FAILs.
     """
     from .clitools import parse_data_spec
+    from .data.splits import Splits
     from .metadata import read_safetensors_metadata
     from .parity import ParityFailed, run_parity, select_samples
-    from .splits import Splits
 
     meta, _ = read_safetensors_metadata(checkpoint)  # one-line error before torch is imported
     if per_image and fmt != "json":

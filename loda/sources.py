@@ -110,10 +110,10 @@ def _read_archive(path: Path, n_images: int) -> list[tuple[str, bytes]]:
 
 
 def _folder_images(root: Path) -> list[Path]:
-    from loda.demo_data import CSV_NAME, is_demo_dir
+    from loda.data.demo import CSV_NAME, is_demo_dir
 
     if is_demo_dir(root) and (root / CSV_NAME).is_file():
-        from loda.datasets import read_dataset
+        from loda.data.datasets import read_dataset
 
         return [s.path for s in read_dataset("csv", root / CSV_NAME).samples]
     return sorted(
@@ -135,7 +135,7 @@ def load_verification_images(
     ``images``: a folder (searched recursively; a demo set folder is read through its CSV), an
     archive (zip or tar), or ``None`` for the built-in demo set (``DEMO_REFERENCES`` reference
     photographs with their distortions, made in a temporary directory), or, when the demo
-    photographs are not installed, generated images (:mod:`loda.generated`; the source says so).
+    photographs are not installed, generated images (:mod:`loda.data.generated`; the source says so).
     """
     from loda.preprocess import preprocess_image
 
@@ -143,12 +143,12 @@ def load_verification_images(
         raise ArtifactError(f"verification needs at least 1 image, got {n_images}")
     log = log or (lambda _m: None)
     if images is None:
-        from loda.demo_data import list_references, make_demo_set
+        from loda.data.demo import list_references, make_demo_set
 
         with tempfile.TemporaryDirectory(prefix="loda-verify-") as tmp:
             refs = list_references()[:DEMO_REFERENCES]
             if not refs:
-                from loda.generated import DESCRIPTION, generate_images
+                from loda.data.generated import DESCRIPTION, generate_images
 
                 log(
                     "no --images and no demo reference photos (pip install 'loda[demo]'): "

@@ -7,8 +7,8 @@ import subprocess
 import sys
 import tarfile
 
-from loda.datasets import read_dataset
-from loda.splits import make_splits
+from loda.data.datasets import read_dataset
+from loda.data.splits import make_splits
 
 
 def test_pack_held_out_images(tmp_path, tmp_path_factory):
@@ -21,7 +21,7 @@ def test_pack_held_out_images(tmp_path, tmp_path_factory):
     splits_path = splits.save(tmp_path / "splits.json")
     out = tmp_path / "held" / "test.tar"
     r = subprocess.run(
-        [sys.executable, "-m", "loda.data_cli", "pack", str(csv_path), "-o", str(out),
+        [sys.executable, "-m", "loda.data.cli", "pack", str(csv_path), "-o", str(out),
          "--splits", str(splits_path), "--split", "1"],
         capture_output=True, text=True,
     )  # fmt: skip
@@ -41,7 +41,7 @@ def test_pack_held_out_images(tmp_path, tmp_path_factory):
     from loda.calib.int8 import select_images
 
     rel = subprocess.run(
-        [sys.executable, "-m", "loda.data_cli", "pack", str(csv_path), "-o", "rel.tar"],
+        [sys.executable, "-m", "loda.data.cli", "pack", str(csv_path), "-o", "rel.tar"],
         capture_output=True, text=True, cwd=tmp_path,
     )  # fmt: skip
     assert rel.returncode == 0, rel.stderr

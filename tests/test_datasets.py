@@ -1,4 +1,4 @@
-"""Tests for loda.datasets on miniature trees in each benchmark's official layout."""
+"""Tests for loda.data.datasets on miniature trees in each benchmark's official layout."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 import scipy.io
 from PIL import Image
 
-from loda.datasets import (
+from loda.data.datasets import (
     READERS,
     Dataset,
     DatasetError,
@@ -432,7 +432,7 @@ def test_livec(tmp_path):
 
 
 def test_data_spec_passes_reader_options(tmp_path):
-    from loda.train_cli import parse_data_spec
+    from loda.train.cli import parse_data_spec
 
     root = make_livec(tmp_path / "livec")
     assert len(parse_data_spec(f"livec:{root}")[1]) == 3
@@ -612,7 +612,7 @@ def test_records_are_frozen(tmp_path):
 
 def test_no_torch_import():
     code = (
-        "import sys, loda.datasets, loda.splits; "
+        "import sys, loda.data.datasets, loda.data.splits; "
         "bad = [m for m in ('torch', 'timm') if m in sys.modules]; "
         "assert not bad, bad"
     )
@@ -625,7 +625,7 @@ def test_no_torch_import():
 )
 def test_splits_of_synthetic_benchmarks_keep_references_apart(tmp_path, maker, reader):
     """The official layouts, split and reloaded: no reference on both sides of any split."""
-    from loda.splits import Splits, make_splits
+    from loda.data.splits import Splits, make_splits
 
     ds = reader(maker(tmp_path / "d"))
     splits = make_splits(ds, k=4, seed=1, train_fraction=0.5)
@@ -659,7 +659,7 @@ def add_live_realigned(root: Path) -> Path:
 
 
 def test_live_realigned_dmos(tmp_path):
-    from loda.train_cli import parse_data_spec
+    from loda.train.cli import parse_data_spec
 
     root = add_live_realigned(make_live(tmp_path))
     original = read_live(root)
@@ -681,7 +681,7 @@ def test_live_realigned_dmos(tmp_path):
 
 
 def test_spaq_resized_image_dir(tmp_path):
-    from loda.train_cli import parse_data_spec
+    from loda.train.cli import parse_data_spec
 
     root = make_spaq(tmp_path)
     full = read_spaq(root)

@@ -1,4 +1,4 @@
-"""The built-in demo IQA set (loda.demo_data) and its CLI (loda-data demo)."""
+"""The built-in demo IQA set (loda.data.demo) and its CLI (loda-data demo)."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ from click.testing import CliRunner
 from PIL import Image
 from scipy.stats import spearmanr
 
-from loda import demo_data
-from loda.data_cli import cli
-from loda.demo_data import (
+from loda.data import demo as demo_data
+from loda.data.cli import cli
+from loda.data.demo import (
     DISTORTIONS,
     LEVELS,
     DemoDataError,
@@ -262,7 +262,7 @@ def _cli_env() -> dict[str, str]:
 
 def test_cli_demo_success_line_and_refusal(tmp_path: Path) -> None:
     target = tmp_path / "demo"
-    cmd = [sys.executable, "-m", "loda.data_cli", "demo", str(target), "--size", "64x48"]
+    cmd = [sys.executable, "-m", "loda.data.cli", "demo", str(target), "--size", "64x48"]
     done = subprocess.run(cmd, capture_output=True, text=True, env=_cli_env(), check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout == ""

@@ -18,7 +18,7 @@ from onnx import TensorProto, helper
 from PIL import Image
 
 from loda.checkpoint import load_checkpoint, save_checkpoint
-from loda.demo_data import make_demo_set
+from loda.data.demo import make_demo_set
 from loda.errors import CheckpointError
 from loda.export.onnx import (
     PARITY_ATOL,
@@ -152,9 +152,9 @@ def test_default_verification_images_are_a_built_in_demo_set(monkeypatch):
 
 
 def test_verification_falls_back_to_generated_images_and_says_so(monkeypatch):
-    import loda.demo_data
+    import loda.data.demo
 
-    monkeypatch.setattr(loda.demo_data, "list_references", lambda: [])  # no demo photos
+    monkeypatch.setattr(loda.data.demo, "list_references", lambda: [])  # no demo photos
     messages: list[str] = []
     images = load_verification_images(None, 3, PreprocessConfig(), log=messages.append)
     assert images.source.startswith("generated") and len(images.names) == 3

@@ -67,10 +67,10 @@ def test_onnxruntime_cuda_provider_with_io_binding(micro, crops, cpu_scores):
 
 
 def test_amp_training_on_cuda_learns(tmp_path):
-    from loda.datasets import read_dataset
-    from loda.demo_data import make_demo_set
+    from loda.data.datasets import read_dataset
+    from loda.data.demo import make_demo_set
     from loda.model import create_model
-    from loda.train import TrainConfig, train
+    from loda.train.trainer import TrainConfig, train
 
     csv = make_demo_set(tmp_path / "data", seed=0, references=["astronaut", "coffee", "chelsea"])
     samples = read_dataset("csv", csv).samples

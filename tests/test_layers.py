@@ -26,8 +26,10 @@ def _import_tree(dest: Path) -> Path:
     for package, folder in mapping.items():
         target = dest.joinpath(*package.split("."))
         target.mkdir(parents=True, exist_ok=True)
-        for source in (ROOT / folder).glob("*.py"):
-            (target / source.name).symlink_to(source)
+        for source in (ROOT / folder).rglob("*.py"):
+            link = target / source.relative_to(ROOT / folder)
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(source)
     return dest
 
 

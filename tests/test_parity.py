@@ -22,7 +22,8 @@ import pytest
 from onnx import numpy_helper
 from test_export_onnx import MicroExport, micro_export
 
-from loda.datasets import DatasetError, read_dataset
+from loda.data.datasets import DatasetError, read_dataset
+from loda.data.splits import make_splits
 from loda.parity import (
     TOLERANCES,
     BackendRun,
@@ -35,7 +36,6 @@ from loda.parity import (
 )
 from loda.parity import run_parity as _run_parity
 from loda.parity_cli import main
-from loda.splits import make_splits
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 N_IMAGES, N_CROPS = 5, 3

@@ -1,4 +1,4 @@
-"""Tests for loda.splits: group-disjoint, reproducible train/test splits."""
+"""Tests for loda.data.splits: group-disjoint, reproducible train/test splits."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from loda.datasets import Dataset, DatasetError, Sample
-from loda.splits import SPLITS_FORMAT, Splits, make_splits
+from loda.data.datasets import Dataset, DatasetError, Sample
+from loda.data.splits import SPLITS_FORMAT, Splits, make_splits
 
 
 def synthetic(n_refs: int = 10, per_ref: int = 3) -> Dataset:

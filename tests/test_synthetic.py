@@ -1,4 +1,4 @@
-"""Synthetic training images of the demo set (loda.synthetic, loda-train --synthetic-per-ref)."""
+"""Synthetic training images of the demo set (loda.data.synthetic, loda-train --synthetic-per-ref)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from loda.demo_data import (
+from loda.data.demo import (
     DISTORTION_LEVELS,
     DISTORTIONS,
     DISTORTIONS_BY_VALUE,
@@ -20,7 +20,7 @@ from loda.demo_data import (
     make_demo_set,
     pseudo_mos,
 )
-from loda.synthetic import LEVEL_RANGE, distortion_value, synthesize, synthesize_training_set
+from loda.data.synthetic import LEVEL_RANGE, distortion_value, synthesize, synthesize_training_set
 
 SMALL = (96, 64)
 REFS = ["astronaut", "camera", "china"]

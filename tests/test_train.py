@@ -12,14 +12,14 @@ import torch
 from PIL import Image
 
 from loda.checkpoint import load_checkpoint, save_checkpoint
-from loda.datasets import read_dataset
-from loda.demo_data import make_demo_set
+from loda.data.datasets import read_dataset
+from loda.data.demo import make_demo_set
+from loda.data.splits import Splits, make_splits
 from loda.errors import LodaError
-from loda.evaluate import evaluate_samples, predict_samples
 from loda.model import create_model
 from loda.preprocess import PreprocessConfig, load_resized
-from loda.splits import Splits, make_splits
-from loda.train import TrainConfig, TrainCrops, latest_epoch, plcc_loss, state_path, train
+from loda.train.evaluate import evaluate_samples, predict_samples
+from loda.train.trainer import TrainConfig, TrainCrops, latest_epoch, plcc_loss, state_path, train
 
 
 @pytest.fixture(scope="module")
@@ -190,7 +190,7 @@ def test_evaluation_grid_is_deterministic_and_random_is_seeded(small_set):
 
 def _cli(module_main, *args):
     code = (
-        f"import sys; from loda.train_cli import {module_main}; sys.argv[0] = 'x'; {module_main}()"
+        f"import sys; from loda.train.cli import {module_main}; sys.argv[0] = 'x'; {module_main}()"
     )
     return subprocess.run(
         [sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True
@@ -342,7 +342,7 @@ def test_torchrun_two_processes_on_cpu(small_set, tmp_path):
         "--nproc_per_node",
         "2",
         "-m",
-        "loda.train_cli",
+        "loda.train.cli",
         "--data",
         str(csv),
         "--config",

@@ -75,8 +75,8 @@ import numpy as np
 from PIL import Image, ImageOps
 from scipy import ndimage
 
-from .atomic import write_bytes_atomic
-from .errors import LodaError
+from loda.atomic import write_bytes_atomic
+from loda.errors import LodaError
 
 __all__ = [
     "COLOR_ONLY",

@@ -17,12 +17,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .datasets import Sample
-from .inference import crops_to_tensor
-from .metadata import Calibration
-from .metrics import evaluate as compute_metrics
-from .model import LoDa
-from .preprocess import PreprocessConfig, preprocess_image
+from loda.data.datasets import Sample
+from loda.inference import crops_to_tensor
+from loda.metadata import Calibration
+from loda.metrics import evaluate as compute_metrics
+from loda.model import LoDa
+from loda.preprocess import PreprocessConfig, preprocess_image
 
 __all__ = ["EvalResult", "evaluate_samples", "predict_samples"]
 

@@ -16,7 +16,7 @@ recorded with the training settings. Crop positions and flips are
 drawn from ``numpy.random.default_rng([seed, epoch, index])``, so they do not depend on the
 number of data-loader workers, and a resumed run sees the same crops as an uninterrupted one.
 
-One command covers one CPU, one GPU or N GPUs (``torchrun --nproc_per_node N -m loda.train_cli``:
+One command covers one CPU, one GPU or N GPUs (``torchrun --nproc_per_node N -m loda.train.cli``:
 DistributedDataParallel, the global batch split across ranks).
 """
 
@@ -39,13 +39,13 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
 from tqdm import tqdm
 
-from ._state import torch_load_weights_only
-from .atomic import atomic_path
-from .checkpoint import load_checkpoint, save_checkpoint
-from .datasets import Sample
-from .errors import LodaError
-from .model import LoDa
-from .preprocess import (
+from loda._state import torch_load_weights_only
+from loda.atomic import atomic_path
+from loda.checkpoint import load_checkpoint, save_checkpoint
+from loda.data.datasets import Sample
+from loda.errors import LodaError
+from loda.model import LoDa
+from loda.preprocess import (
     DECODE_MODES,
     PreprocessConfig,
     load_resized,

@@ -7,7 +7,7 @@ reference is ever in both train and test. Authentic datasets are split by image.
 For a seed, one ``np.random.default_rng(seed)`` draws a fresh permutation of the sorted
 groups (references or image names) for each of the ``k`` splits; the first
 ``round(train_fraction * n_groups)`` groups go to train, the rest to test. Each split
-stores the sorted sample *names* (:attr:`loda.datasets.Sample.name`, the path relative
+stores the sorted sample *names* (:attr:`loda.data.datasets.Sample.name`, the path relative
 to the dataset root), which is what :meth:`Splits.save` writes and :meth:`Splits.select`
 maps back to samples.
 
@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from loda.datasets import Dataset, DatasetError, Sample
+from loda.data.datasets import Dataset, DatasetError, Sample
 
 __all__ = ["SPLITS_FORMAT", "Splits", "make_splits"]
 
@@ -150,7 +150,7 @@ class Splits:
             raise DatasetError(
                 f"splits: dataset {dataset.name!r} is synthetic but these splits are by "
                 f"{self.by}, so references would be shared by train and test; make splits "
-                "by reference (loda.splits.make_splits)"
+                "by reference (loda.data.splits.make_splits)"
             )
         by_name = {s.name: s for s in dataset.samples}
         out = []

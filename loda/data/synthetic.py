@@ -4,16 +4,16 @@ The demo set has 15 reference photos; a split trains on 12 of them, so a model t
 from random-init backbones sees very little content and fits it (training loss far below
 the held-out one). ``loda-train --synthetic-per-ref N`` adds, for every reference of the
 training split and only those, N freshly made images labelled by the demo set's own
-full-reference rule (:func:`loda.demo_data.pseudo_mos`), as KADIS-700k does for KADID-10k:
+full-reference rule (:func:`loda.data.demo.pseudo_mos`), as KADIS-700k does for KADID-10k:
 
 1. content: the prepared reference (``DIR/references/<ref>.png``) is changed into a new
    reference: a random crop with the same aspect ratio (side 45-100 % of the image) resized
    back with Pillow's bicubic filter, a horizontal flip (p = 0.5), a random permutation of
    the RGB channels (p = 0.5), and a gamma in [0.7, 1.4];
-2. distortion: one of the demo set's eight (:data:`loda.demo_data.DISTORTIONS_BY_VALUE`,
+2. distortion: one of the demo set's eight (:data:`loda.data.demo.DISTORTIONS_BY_VALUE`,
    colour-only ones skipped for grey content) at a CONTINUOUS level drawn uniformly from
    [0.6, 5.4]: its parameter is interpolated linearly between the two neighbouring levels of
-   :data:`loda.demo_data.DISTORTION_LEVELS` (extended linearly past levels 1 and 5) and kept
+   :data:`loda.data.demo.DISTORTION_LEVELS` (extended linearly past levels 1 and 5) and kept
    in its valid range (:data:`_LIMITS`);
 3. label: ``pseudo_mos(new reference, distorted image)``: the rule of the test images.
 
@@ -42,8 +42,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .datasets import DatasetError, Sample, read_csv_dataset
-from .demo_data import (
+from loda.data.datasets import DatasetError, Sample, read_csv_dataset
+from loda.data.demo import (
     COLOR_ONLY,
     DISTORTION_LEVELS,
     DISTORTIONS_BY_VALUE,
@@ -56,7 +56,7 @@ from .demo_data import (
     is_demo_dir,
     pseudo_mos,
 )
-from .preprocess import decode_image
+from loda.preprocess import decode_image
 
 __all__ = [
     "LEVEL_RANGE",
@@ -149,7 +149,7 @@ def _read_reference(demo_root: Path, ref: str) -> np.ndarray:
 def _manifest(refs: Sequence[str], per_ref: int, seed: int) -> dict:
     return {
         "format": FORMAT,
-        "what": "synthetic training images of the demo set (loda.synthetic)",
+        "what": "synthetic training images of the demo set (loda.data.synthetic)",
         "refs": list(refs),
         "per_ref": per_ref,
         "seed": seed,

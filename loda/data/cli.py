@@ -1,6 +1,6 @@
 """``loda-data``: make the datasets the LoDa tools train and evaluate on.
 
-``loda-data demo DIR`` writes the built-in KADID-like demo set (see ``loda.demo_data``):
+``loda-data demo DIR`` writes the built-in KADID-like demo set (see ``loda.data.demo``):
 offline, in well under a minute, byte-identical for a given seed.
 """
 
@@ -11,9 +11,9 @@ from pathlib import Path
 
 import click
 
-from .atomic import atomic_path, check_not_an_input
-from .clitools import run
-from .sources import manifest_path
+from loda.atomic import atomic_path, check_not_an_input
+from loda.clitools import run
+from loda.sources import manifest_path
 
 __all__ = ["cli", "main"]
 
@@ -52,7 +52,7 @@ def demo_cmd(directory: Path, seed: int, size: tuple[int, int], force: bool) -> 
     Same seed and package versions give byte-identical files. DIR must be new, empty or an
     earlier demo set (rewritten in place) unless --force.
     """
-    from .demo_data import make_demo_set
+    from loda.data.demo import make_demo_set
 
     started = time.perf_counter()
     csv_path = make_demo_set(directory, seed=seed, size=size, force=force)
@@ -92,8 +92,8 @@ def pack_cmd(
     import csv
     import tarfile
 
-    from .datasets import read_dataset
-    from .splits import Splits
+    from loda.data.datasets import read_dataset
+    from loda.data.splits import Splits
 
     ctx = click.get_current_context()
     given = [

@@ -3,7 +3,7 @@
 ``--data`` names a dataset as ``KIND:ROOT`` (``koniq10k``, ``kadid10k``, ``live``, ``tid2013``,
 ``livec``, ``spaq``, ``flive``, ``csv``) or a generic ``.csv`` file (``path,mos[,ref]``).
 
-Multi-GPU: ``torchrun --nproc_per_node N -m loda.train_cli --data ... --out ...`` runs the same
+Multi-GPU: ``torchrun --nproc_per_node N -m loda.train.cli --data ... --out ...`` runs the same
 training with DistributedDataParallel (global batch split across the N processes).
 """
 
@@ -19,9 +19,9 @@ from typing import Any
 
 import click
 
-from .clitools import parse_data_spec, run
-from .config import list_configs
-from .errors import LodaError
+from loda.clitools import parse_data_spec, run
+from loda.config import list_configs
+from loda.errors import LodaError
 
 DEFAULT_SPLITS = 10
 POSITIVE = click.IntRange(min=1)
@@ -123,7 +123,7 @@ def train_options(f):
             default=0,
             show_default=True,
             help="Demo set only: add this many new distortions of each TRAINING reference, "
-            "labelled by the demo's pseudo-MOS rule (made in OUT/synthetic; see loda.synthetic).",
+            "labelled by the demo's pseudo-MOS rule (made in OUT/synthetic; see loda.data.synthetic).",
         ),
     ]
     for option in reversed(options):
@@ -132,7 +132,7 @@ def train_options(f):
 
 
 def _splits_for(dataset, split_file: Path | None, out_dir: Path, k: int, seed: int):
-    from .splits import Splits, make_splits
+    from loda.data.splits import Splits, make_splits
 
     if split_file is not None and split_file.is_file():
         return Splits.load(split_file), split_file
@@ -143,7 +143,7 @@ def _splits_for(dataset, split_file: Path | None, out_dir: Path, k: int, seed: i
 
 
 def _train_config(opts: dict[str, Any], kind: str):
-    from .train import CROPS_PER_IMAGE, TrainConfig
+    from loda.train.trainer import CROPS_PER_IMAGE, TrainConfig
 
     return TrainConfig(
         epochs=opts["epochs"],
@@ -167,7 +167,7 @@ def _train_config(opts: dict[str, Any], kind: str):
 def _build_model(opts: dict[str, Any]):
     import torch
 
-    from .model import create_model
+    from loda.model import create_model
 
     torch.manual_seed(opts["seed"])
     return create_model(
@@ -194,10 +194,10 @@ def _train_and_eval(
 ) -> dict[str, Any]:
     """Train on split ``index`` and evaluate its test part (the last epoch, as the paper) with
     the ``layout`` crops (``crop_seed`` seeds the random layout)."""
-    from .checkpoint import save_checkpoint
-    from .evaluate import evaluate_samples
-    from .preprocess import PreprocessConfig
-    from .train import train
+    from loda.checkpoint import save_checkpoint
+    from loda.preprocess import PreprocessConfig
+    from loda.train.evaluate import evaluate_samples
+    from loda.train.trainer import train
 
     train_samples, test_samples = splits.select(dataset, index)
     cfg = _train_config(opts, kind)
@@ -299,7 +299,7 @@ def _synthetic_samples(dataset, train_samples, test_samples, out_dir: Path, per_
     """The synthetic images of the training references (rank 0 makes them, the rest wait)."""
     import torch.distributed as dist
 
-    from .synthetic import synthesize_training_set
+    from loda.data.synthetic import synthesize_training_set
 
     refs = {s.ref for s in train_samples}
     if None in refs:
@@ -417,9 +417,9 @@ def eval_cmd(
     """Evaluate CHECKPOINT on a dataset (SRCC/PLCC/KRCC/RMSE) and store the fitted score
     calibration in its metadata. The paper's K-split protocol: ``loda-eval --splits K --data ...
     --out DIR [training options]`` (the same as ``loda-eval-splits``)."""
-    from .checkpoint import load_checkpoint, save_checkpoint
-    from .evaluate import evaluate_samples
-    from .splits import Splits
+    from loda.checkpoint import load_checkpoint, save_checkpoint
+    from loda.data.splits import Splits
+    from loda.train.evaluate import evaluate_samples
 
     if checkpoint is None:
         raise click.UsageError(
@@ -427,7 +427,7 @@ def eval_cmd(
         )
     _kind, dataset = parse_data_spec(data_spec)
     if output is not None:
-        from .atomic import check_not_an_input
+        from loda.atomic import check_not_an_input
 
         data_file = data_spec.partition("?")[0].rpartition(":")[2]
         inputs = [data_file, *(s.path for s in dataset.samples)]
@@ -565,5 +565,5 @@ def eval_splits_main() -> None:
 
 
 if __name__ == "__main__":
-    # `python -m loda.train_cli` / `torchrun -m loda.train_cli` run loda-train.
+    # `python -m loda.train.cli` / `torchrun -m loda.train.cli` run loda-train.
     train_main()

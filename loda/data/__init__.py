@@ -1,0 +1,1 @@
+"""Datasets, splits, the demo set and generated images."""
