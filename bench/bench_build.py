@@ -189,7 +189,7 @@ def _graphs(config: str, args: argparse.Namespace, art: Artifacts, images: Path)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from loda.demo_data import make_demo_set
+    from loda.data.demo import make_demo_set
     from loda.export.trt import import_tensorrt, parse_batch_profile
 
     try:

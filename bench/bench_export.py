@@ -178,7 +178,7 @@ def write_calibration_folder(calib: Sequence[Any], folder: Path) -> None:
 
 def default_images(out: Path) -> Path:
     """``out/demo/data`` when ``make demo`` made it, else a small demo set in ``--out``."""
-    from loda.demo_data import is_demo_dir, list_references, make_demo_set
+    from loda.data.demo import is_demo_dir, list_references, make_demo_set
 
     shared = Path("out/demo/data")
     if is_demo_dir(shared) and (shared / "demo.csv").is_file():

@@ -15,7 +15,7 @@
    ``crop_positions`` + ``extract_crops`` on the resized image, and ``resize`` is the rest of
    the whole call (whole - decode - crop). images/s per core = 1 / median(whole).
 
-   Images: the demo references (scikit-image / scikit-learn photos, :mod:`loda.demo_data`)
+   Images: the demo references (scikit-image / scikit-learn photos, :mod:`loda.data.demo`)
    fitted to 1, 3, 12 and 24 MP with Pillow's bicubic filter, plus Gaussian grain (sigma
    ``--grain``, default 5 grey levels) so that the files carry camera-like fine detail, saved as
    JPEG quality 90 (Pillow's default 4:2:0 subsampling) and, for 12 MP, as PNG.
@@ -111,7 +111,7 @@ def grainy(img: np.ndarray, sigma: float, seed: int) -> np.ndarray:
 
 
 def make_speed_images(out: Path, per_size: int, grain: float) -> dict[str, list[Path]]:
-    from loda.demo_data import list_references, load_reference
+    from loda.data.demo import list_references, load_reference
 
     available = [r for r in REFERENCES if r in list_references()]
     if len(available) < per_size:
@@ -282,8 +282,8 @@ def _compare(exact: list[float], fast: list[float], mos: list[float]) -> dict[st
 def measure_fidelity(
     out: Path, n_large: int, grain: float, checkpoint: Path | None, config: str, demo: Path | None
 ) -> dict[str, Any]:
-    from loda.datasets import read_dataset
-    from loda.demo_data import make_demo_set
+    from loda.data.datasets import read_dataset
+    from loda.data.demo import make_demo_set
     from loda.inference import score_crops
 
     model, model_desc = _model(checkpoint, config)

@@ -29,7 +29,7 @@ Measures, in ONE run, on the same images, with the same inference thread count f
    so this part is quick; the pipeline's queue bounds what is in flight, so both should match.
 
 Images: the demo set's reference photographs (scikit-image and scikit-learn, see
-:mod:`loda.demo_data`) fitted to 1024x768 (saved as JPEG, quality 90) and 512x384 (PNG), in
+:mod:`loda.data.demo`) fitted to 1024x768 (saved as JPEG, quality 90) and 512x384 (PNG), in
 ``--out``. Models: a random-init checkpoint of ``--config`` and its FP32 ONNX export, made in
 ``--out`` and reused while their inputs are unchanged (``artifacts.json``). Random weights do
 not change the speed. See ``bench/README.md``.
@@ -212,7 +212,7 @@ def make_images(folder: Path, fmt: ImageFormat, n: int) -> list[Path]:
     """``n`` reference photographs fitted to ``fmt.size`` (cycling through the references)."""
     from PIL import Image
 
-    from loda.demo_data import list_references, load_reference
+    from loda.data.demo import list_references, load_reference
 
     refs = list_references()
     if not refs:
@@ -1096,7 +1096,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "onnx_precision": model.precision,
             "source": model.source,
         },
-        "images": "scikit-image / scikit-learn reference photographs (loda.demo_data), fitted "
+        "images": "scikit-image / scikit-learn reference photographs (loda.data.demo), fitted "
         "(centre crop, bicubic) to 1024x768 JPEG q90 and 512x384 PNG",
     }
     goals = []

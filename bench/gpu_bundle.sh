@@ -11,7 +11,7 @@ PY=${PY:-.venv/bin/python}
 DEMO=${DEMO:-out/demoset}
 if [ ! -f "$DEMO/demo.csv" ]; then
   echo "gpu_bundle: building the demo set in $DEMO" >&2
-  "$PY" -c 'import sys; from loda.demo_data import make_demo_set; make_demo_set(sys.argv[1], seed=0)' "$DEMO"
+  "$PY" -c 'import sys; from loda.data.demo import make_demo_set; make_demo_set(sys.argv[1], seed=0)' "$DEMO"
 fi
 "$PY" bench/gpu_bundle.py --demo "$DEMO" "$@"
 du -sh out/gpu_bundle >&2

@@ -261,11 +261,11 @@ def _image_candidates(
 
 def _demo_mos(root: Path) -> dict[str, float]:
     """resolved path -> MOS for a demo set folder (its CSV), else empty."""
-    from loda.demo_data import CSV_NAME, is_demo_dir
+    from loda.data.demo import CSV_NAME, is_demo_dir
 
     if not (is_demo_dir(root) and (root / CSV_NAME).is_file()):
         return {}
-    from loda.datasets import read_dataset
+    from loda.data.datasets import read_dataset
 
     return {str(s.path.resolve()): s.mos for s in read_dataset("csv", root / CSV_NAME).samples}
 
@@ -289,7 +289,7 @@ def select_images(
     """Pick disjoint calibration and verification images.
 
     Source: ``images`` (folder, archive or image) or ``dataset`` (a
-    :class:`loda.datasets.Dataset`, which brings MOS). Calibration takes ``n_calib`` images
+    :class:`loda.data.datasets.Dataset`, which brings MOS). Calibration takes ``n_calib`` images
     spread evenly over the sorted candidates. Verification takes ``n_verify`` images from
     ``verify_images`` (another folder/archive; files also used for calibration are dropped)
     or, without it, from the candidates that calibration did not take. When the source is

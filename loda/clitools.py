@@ -6,6 +6,7 @@ Exit codes (all LoDa commands): 0 success, 1 failure (bad input file, failed che
 
 from __future__ import annotations
 
+import logging
 import re
 import sys
 from collections.abc import Callable
@@ -16,7 +17,7 @@ import click
 from .errors import LodaError, first_line
 from .launch import missing_extra_message
 
-__all__ = ["USER_ERRORS", "parse_data_spec", "run"]
+__all__ = ["USER_ERRORS", "configure_logging", "parse_data_spec", "run"]
 
 # Errors caused by the user's input. Anything else is a bug and keeps its traceback. OSError:
 # a path the user named cannot be read or written (missing, a file where a folder must be,
@@ -31,8 +32,20 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (*USER_ERRORS, ImageDecodeError, MetricError)
 
 
+def configure_logging(level: int = logging.INFO) -> None:
+    """Library modules log to ``logging.getLogger(__name__)``; a command shows those records on
+    stderr as plain lines (the message only), as the library's progress lines always looked."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root = logging.getLogger("loda")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
 def run(command: Callable[..., object], *, prog_name: str) -> None:
     """Run a click command; print user errors as ``prog: error: ...`` and exit 1."""
+    configure_logging()
     try:
         command.main(prog_name=prog_name, standalone_mode=False)
     except click.exceptions.Abort:

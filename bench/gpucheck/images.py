@@ -69,10 +69,10 @@ def images_from_bundle(bundle: Path, n: int) -> ImageSet:
 
 
 def generate_images(out_dir: Path, n: int, seed: int = 0) -> ImageSet:
-    """Procedural stand-ins (:mod:`loda.generated`). Never used silently: the report says
+    """Procedural stand-ins (:mod:`loda.data.generated`). Never used silently: the report says
     'generated'."""
-    from loda.generated import DESCRIPTION
-    from loda.generated import generate_images as generate
+    from loda.data.generated import DESCRIPTION
+    from loda.data.generated import generate_images as generate
 
     paths = generate(out_dir, n, seed)
     return ImageSet("generated", f"{n} {DESCRIPTION} in {out_dir}", paths, [None] * n, [None] * n)
@@ -96,11 +96,11 @@ def _build_demo_set(tmp: Path, n: int, notes: list[str]) -> ImageSet | None:
     missing = [m for m in ("scipy", "skimage", "sklearn") if not module_available(m)]
     if missing:
         notes.append(
-            f"loda.demo_data cannot build the demo set here ({', '.join(missing)} missing)"
+            f"loda.data.demo cannot build the demo set here ({', '.join(missing)} missing)"
         )
         return None
     try:
-        from loda.demo_data import make_demo_set
+        from loda.data.demo import make_demo_set
 
         log("building the demo set (30-40 s)")
         csv_path = make_demo_set(tmp / "demoset", seed=0)
