@@ -1,4 +1,4 @@
-"""What bench_export.py and bench_score.py share: errors, progress, the machine, artifacts, main.
+"""What the benchmarks share: errors, progress, the machine, artifacts, timing, goals, main.
 
 The scripts run as ``python bench/X.py`` (``sys.path[0]`` is ``bench/``), so they ``import
 _common``; the tests that load a script put ``bench/`` on the path the same way.
@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 import json
 import os
 import platform
+import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -61,10 +63,26 @@ def load_average() -> list[float] | None:
         return None
 
 
-def machine_description(threads: int | None = None) -> dict[str, Any]:
-    """CPU model, ISA flags, cores, memory, versions and git commit (``threads`` when given)."""
-    import torch
+def utc_now() -> str:
+    """The date and time of a run (UTC, to the second): every result JSON carries it."""
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
+
+def _torch_details() -> dict[str, Any]:
+    try:
+        import torch
+    except ImportError:  # a torch-free install (bench_hostile needs none)
+        return {}
+    return {
+        "torch_mkldnn": torch.backends.mkldnn.is_available(),
+        "torch_float32_matmul_precision": torch.get_float32_matmul_precision(),
+        "torch_parallel_info": torch.__config__.parallel_info().strip().splitlines(),
+    }
+
+
+def machine_description(threads: int | None = None) -> dict[str, Any]:
+    """CPU model, ISA flags, cores, memory, versions, git commit and the date of the run
+    (``threads`` when given)."""
     from loda.artifacts import tool_versions
     from loda.metadata import git_commit
 
@@ -88,13 +106,12 @@ def machine_description(threads: int | None = None) -> dict[str, Any]:
         "platform": platform.platform(),
         "python": platform.python_version(),
         "versions": tool_versions(extra=EXTRA_VERSIONS),
-        "torch_mkldnn": torch.backends.mkldnn.is_available(),
-        "torch_float32_matmul_precision": torch.get_float32_matmul_precision(),
-        "torch_parallel_info": torch.__config__.parallel_info().strip().splitlines(),
+        **_torch_details(),
     }
     if threads is not None:
         machine["threads"] = threads
     machine["git_commit"] = git_commit()
+    machine["date"] = utc_now()
     return machine
 
 
@@ -198,6 +215,74 @@ def check_onnx_source(
 
 
 # --------------------------------------------------------------------------------------------
+# Timing and goals
+# --------------------------------------------------------------------------------------------
+
+
+def interleaved_rounds(
+    runners: dict[str, Callable[[], Any]], repeats: int, settle: float, *, quiet: bool = False
+) -> tuple[dict[str, list[float]], dict[str, Any]]:
+    """Seconds of each runner per round and each runner's last result.
+
+    Every round runs every runner once, the order rotating from round to round, so machine
+    noise hits all of them alike; ``settle`` seconds of idle before each pass let the last
+    runner's spinning threads sleep.
+    """
+    names = list(runners)
+    seconds: dict[str, list[float]] = {n: [] for n in names}
+    results: dict[str, Any] = {}
+    for r in range(repeats):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        for name in order:
+            time.sleep(settle)
+            t0 = time.perf_counter()
+            results[name] = runners[name]()
+            seconds[name].append(time.perf_counter() - t0)
+        if not quiet:
+            done = ", ".join(f"{n} {seconds[n][-1]:.2f}s" for n in names)
+            log(f"round {r + 1}/{repeats}: {done}")
+    return seconds, results
+
+
+def spread_pct(rounds: Sequence[float]) -> float:
+    """(slowest - fastest round) / median round, in percent: how noisy the machine was."""
+    return 100 * (max(rounds) - min(rounds)) / statistics.median(rounds)
+
+
+def goal(
+    name: str, value: float, threshold: float, measured: str, *, higher_is_better: bool = True
+) -> dict[str, Any]:
+    """A goal judged on ``value`` (``>= threshold``, or ``<=`` when lower is better)."""
+    passed = value >= threshold if higher_is_better else value <= threshold
+    return {
+        "goal": name,
+        "value": value,
+        "threshold": threshold,
+        "measured": measured,
+        "passed": bool(passed),
+    }
+
+
+def not_measured(name: str) -> dict[str, Any]:
+    return {"goal": name, "measured": "not measured", "passed": None}
+
+
+def not_judged(record: dict[str, Any], why: str) -> None:
+    """Report ``record``'s measurement without a verdict; ``why`` is appended to it."""
+    record["passed"] = None
+    record["measured"] += why
+
+
+def goal_lines(goals: Sequence[dict[str, Any]]) -> list[str]:
+    """``PASS``/``MISS``/``n/a`` lines of the goals, as the benchmarks print them."""
+    lines = []
+    for g in goals:
+        status = "n/a " if g["passed"] is None else ("PASS" if g["passed"] else "MISS")
+        lines.append(f"  {status}  {g['goal']}: {g['measured']}")
+    return lines
+
+
+# --------------------------------------------------------------------------------------------
 # Main
 # --------------------------------------------------------------------------------------------
 
@@ -231,7 +316,10 @@ def bench_main(
     A :class:`BenchError` or :class:`loda.errors.LodaError` prints one line and returns 1.
     """
     args = parse_args(argv)
+    from loda.clitools import configure_logging
     from loda.errors import LodaError
+
+    configure_logging()  # the library's progress records on stderr, as the CLIs show them
 
     try:
         result = run(args)

@@ -47,8 +47,7 @@ import json, sys, time
 from loda.export.trt import build_engine, parse_batch_profile
 onnx_path, engine_path, profile = sys.argv[1:4]
 t0 = time.perf_counter()
-r = build_engine(onnx_path, engine_path, flavor="rtx", profile=parse_batch_profile(profile),
-                 log=None)
+r = build_engine(onnx_path, engine_path, flavor="rtx", profile=parse_batch_profile(profile))
 hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM:")]
 print(json.dumps({"build_s": r.build_seconds, "total_s": time.perf_counter() - t0,
                   "plan_bytes": r.plan_bytes, "network": r.sidecar["network"],
@@ -157,7 +156,7 @@ def _graphs(config: str, args: argparse.Namespace, art: Artifacts, images: Path)
         art.ensure(
             fp32,
             {"checkpoint": ckpt_sha, "fold": fold},
-            lambda fp32=fp32, fold=fold: export_onnx(ckpt, fp32, verify=False, fold=fold, log=log),
+            lambda fp32=fp32, fold=fold: export_onnx(ckpt, fp32, verify=False, fold=fold),
         )
         paths[f"fp32{tag}"] = fp32
         if "fp16" in args.precisions:
@@ -181,7 +180,6 @@ def _graphs(config: str, args: argparse.Namespace, art: Artifacts, images: Path)
                 target="tensorrt",
                 calib_images=args.calib_images,
                 verify=False,
-                log=log,
             ),
         )
         paths["int8"] = int8

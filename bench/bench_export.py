@@ -2,16 +2,16 @@
 
 Measures, in ONE process, on the same real crops, with the same thread count for everybody:
 
-- ``torch-fp32``: PyTorch eager FP32, the authors' way (model in eval mode, ``torch.no_grad()``,
-  crops normalised to a float32 NCHW batch by :func:`loda.preprocess.normalize`, as
-  :mod:`loda.inference` does; the normalisation is inside the timed region, as it is inside the
-  ONNX graphs);
+- ``torch-fp32``: PyTorch eager FP32, the authors' way (model in eval mode, no autograd, crops
+  normalised to a float32 NCHW batch and scored by :func:`loda.inference.score_crops`; the
+  normalisation is inside the timed region, as it is inside the ONNX graphs);
 - ``ort-fp32``: the FP32 ONNX export (:func:`loda.export.onnx.export_onnx`);
 - ``ort-fp16``: the FP16 graph (:func:`loda.calib.fp16.convert_onnx_fp16`);
 - ``ort-int8-tensorrt`` / ``ort-int8-cpu``: the INT8 Q/DQ graphs of both targets
   (:func:`loda.calib.int8.quantize_onnx_int8`), calibrated on real images.
 
-All ONNX variants run in ONNX Runtime's CPU provider. Timing: warm-up first, then ``--repeats``
+All ONNX variants run in ONNX Runtime's CPU provider, opened as ``loda-score --device cpu``
+opens them (:func:`loda.runtime.scorer.open_backend`). Timing: warm-up first, then ``--repeats``
 rounds; each round runs every variant once over all benchmark crops (in batches of ``--batch``),
 the order rotating from round to round, so machine noise hits all variants alike; the reported
 figure is the median round. Beside the speed, each variant's per-crop scores are compared with
@@ -23,16 +23,13 @@ torch's ``FlopCounterMode`` on the eager model) and, for ``loda_b16``, the nomin
 
 Artifacts (checkpoint, ONNX files, calibration images) live in ``--out`` and are reused when
 what they were made from is unchanged (``artifacts.json`` records each file's sha256 and
-inputs), so a rerun only measures. See ``bench/README.md``.
+inputs), so a rerun only measures (``export_setup``). See ``bench/README.md``.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import math
-import shutil
 import statistics
 import sys
 import time
@@ -46,8 +43,16 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/*.py, run as a script
 
 import _common
-from _common import Artifacts, BenchError, log
-from sgemm import DEFAULT_SIZES, measure_sgemm_peak, thread_limits
+from _common import Artifacts, log
+from export_setup import (
+    count_flops,
+    default_images,
+    make_graphs,
+    pick_images,
+    weights,
+    write_calibration_folder,
+)
+from sgemm import DEFAULT_SIZES, best_sgemm, measure_sgemm_peak, thread_limits
 
 from loda.compare import Bound, ScoreStats, Tolerance, compare_scores, judge
 
@@ -56,7 +61,6 @@ DEFAULT_OUT = Path("out/bench/export")
 DEFAULT_CROPS = 30
 DEFAULT_BATCH = 15
 DEFAULT_CALIB_IMAGES = 8  # enough for a speed benchmark; INT8 calibration is slow on a CPU
-DEMO_REFERENCES = 4  # references of the demo set built when no images are given
 SETTLE_SECONDS = 0.3  # idle gap before each timed pass: spinning threads of the last one sleep
 # LoDa-B/16 (ViT-B/16 + ResNet50 + adapters), the figure the goals were set against.
 NOMINAL_GFLOP_PER_CROP = {"loda_b16": 45.7}
@@ -107,188 +111,24 @@ def _peak_rss_gb() -> float | None:
 
 
 # --------------------------------------------------------------------------------------------
-# Artifacts (made once, reused while their inputs are unchanged: _common.Artifacts)
-# --------------------------------------------------------------------------------------------
-
-
-def check_given_onnx(path: Path, checkpoint_sha: str) -> str:
-    """The sha256 of ``path`` after checking that it is the FP32 export of the checkpoint."""
-    from loda.artifacts import sha256_file
-
-    _common.check_onnx_source(path, checkpoint_sha)
-    log(f"using {path} (exported from this checkpoint)")
-    return sha256_file(path)
-
-
-def make_fp16(fp32_path: Path, path: Path) -> None:
-    import onnx
-
-    from loda.calib.fp16 import convert_onnx_fp16
-
-    model, report = convert_onnx_fp16(onnx.load(str(fp32_path)), log=log)
-    log(f"FP16 share of GEMM FLOPs {100 * report.fp16_share:.1f}% ({report.converter})")
-    onnx.save_model(model, str(path))
-
-
-def make_int8(fp32_path: Path, path: Path, calib_dir: Path, n: int, target: str, method: str):
-    from loda.calib.int8 import quantize_onnx_int8
-
-    report = quantize_onnx_int8(
-        fp32_path,
-        path,
-        images=calib_dir,
-        method=method,
-        target=target,
-        calib_images=n,
-        verify=False,  # checked against eager on the benchmark crops instead (held-out images)
-        log=log,
-    )
-    log(report.summary())
-
-
-def pick_images(images: Path, n_calib: int, n_bench: int) -> tuple[str, list, list]:
-    """Disjoint calibration and benchmark images, both spread over the sorted candidates."""
-    from loda.calib.int8 import select_images
-
-    source, chosen, _, _ = select_images(images, n_calib=n_calib + n_bench, verify=False, log=log)
-    if len(chosen) < n_bench + 1:
-        raise BenchError(
-            f"{images}: {len(chosen)} image(s); the benchmark needs {n_bench} for --crops and at "
-            "least 1 more to calibrate INT8"
-        )
-    bench_idx = {round(float(i)) for i in np.linspace(0, len(chosen) - 1, n_bench)}
-    held = [c for i, c in enumerate(chosen) if i in bench_idx]
-    calib = [c for i, c in enumerate(chosen) if i not in bench_idx][:n_calib]
-    return source, calib, held
-
-
-def write_calibration_folder(calib: Sequence[Any], folder: Path) -> None:
-    """Copy the calibration images into ``folder`` (so the INT8 tools read exactly these)."""
-    wanted = {f"{i:03d}_{Path(c.name).name}": c for i, c in enumerate(calib)}
-    folder.mkdir(parents=True, exist_ok=True)
-    for old in folder.iterdir():
-        if old.name not in wanted:
-            old.unlink() if old.is_file() else shutil.rmtree(old)
-    for name, image in wanted.items():
-        data = image.source if isinstance(image.source, bytes) else image.source.read_bytes()
-        target = folder / name
-        if not target.is_file() or target.read_bytes() != data:
-            target.write_bytes(data)
-
-
-def default_images(out: Path) -> Path:
-    """``out/demo/data`` when ``make demo`` made it, else a small demo set in ``--out``."""
-    from loda.data.demo import is_demo_dir, list_references, make_demo_set
-
-    shared = Path("out/demo/data")
-    if is_demo_dir(shared) and (shared / "demo.csv").is_file():
-        return shared
-    own = out / "demo"
-    if is_demo_dir(own) and (own / "demo.csv").is_file():
-        return own
-    refs = list_references()[:DEMO_REFERENCES]
-    if not refs:
-        raise BenchError("no images: pass --images DIR (or pip install 'loda[demo]')")
-    log(f"building a demo set of {len(refs)} references in {own} (pass --images DIR to skip)")
-    make_demo_set(own, references=refs)
-    return own
-
-
-# --------------------------------------------------------------------------------------------
-# FLOPs
-# --------------------------------------------------------------------------------------------
-
-
-def _cpu_attention_formula() -> dict[Any, Any]:
-    """FlopCounterMode has no formula for the CPU flash-attention kernel that
-    ``scaled_dot_product_attention`` runs here, so attention would count as 0 FLOPs; give it
-    torch's own SDPA formula (QK^T and PV, 2 FLOPs per multiply-add)."""
-    import torch
-    from torch.utils.flop_counter import sdpa_flop_count
-
-    op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
-    if op is None:
-        return {}
-
-    def formula(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
-        return sdpa_flop_count(query_shape, key_shape, value_shape)
-
-    return {op: formula}
-
-
-def count_flops(fp32_path: Path, model: Any, crop_size: int) -> dict[str, Any]:
-    """GEMM FLOPs per crop of the exported graph and torch's FLOP count of the eager model."""
-    import onnx
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from loda.calib.graph_stats import gemm_stats
-
-    stats = gemm_stats(onnx.load(str(fp32_path)))
-    by_type = {op: sum(v.values()) for op, v in stats.by_type().items()}
-    x = torch.zeros(1, 3, crop_size, crop_size)
-    counter = FlopCounterMode(display=False, custom_mapping=_cpu_attention_formula())
-    with counter, torch.no_grad():
-        model.score(x)
-    torch_by_op = {str(op): int(n) for op, n in counter.get_flop_counts().get("Global", {}).items()}
-    return {
-        "graph_gemm_gflop_per_crop": stats.total_flops / 1e9,
-        "graph_gemm_gflop_by_op": {k: v / 1e9 for k, v in sorted(by_type.items())},
-        "graph_gemm_nodes": len(stats.nodes),
-        "graph_gemm_nodes_without_shapes": list(stats.unknown),
-        "torch_counter_gflop_per_crop": counter.get_total_flops() / 1e9,
-        "torch_counter_gflop_by_op": {k: v / 1e9 for k, v in sorted(torch_by_op.items())},
-    }
-
-
-# --------------------------------------------------------------------------------------------
 # Running and timing
 # --------------------------------------------------------------------------------------------
 
 
-def best_sgemm(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
-    """The higher of two sgemm measurements, both kept."""
-    best, when = max((before, "before"), (after, "after"), key=lambda t: t[0]["peak_gflops"])
-    return {
-        "peak_gflops": best["peak_gflops"],
-        "peak_from": f"{best['peak_from']}, {when} the timing",
-        "sizes": best["sizes"],
-        "threads": best["threads"],
-        "numpy_blas": best["numpy_blas"],
-        "before": before,
-        "after": after,
-    }
+def eager_runner(model: Any, cfg: Any) -> Callable:
+    """PyTorch eager FP32 on one batch: :func:`loda.inference.score_crops` (normalisation
+    inside, as it is inside the ONNX graphs)."""
+    from loda.inference import score_crops
 
-
-def eager_runner(model: Any, mean: Sequence[float], std: Sequence[float]) -> Callable:
-    import torch
-
-    from loda.preprocess import normalize
-
-    def run(batch: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(normalize(batch, mean, std))
-        with torch.no_grad():
-            return model.score(x).numpy()
-
-    return run
+    return lambda batch: score_crops(model, batch, cfg, batch_size=len(batch))
 
 
 def ort_runner(path: Path, threads: int) -> Callable:
-    import onnxruntime as ort
+    """ONNX Runtime's CPU provider with ``threads`` intra-op threads, opened by the runtime
+    (:func:`loda.runtime.scorer.open_backend`, as ``loda-score --device cpu`` opens it)."""
+    from loda.runtime.scorer import open_backend
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3  # errors only: no fp16 "cast inserted" chatter
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-
-    def run(batch: np.ndarray) -> np.ndarray:
-        return np.asarray(session.run(None, {name: batch})[0])
-
-    return run
+    return open_backend(path, device="cpu", threads=threads).infer
 
 
 def time_variants(
@@ -296,27 +136,20 @@ def time_variants(
     batches: Sequence[np.ndarray],
     warmup: int,
     repeats: int,
+    settle: float = SETTLE_SECONDS,
 ) -> tuple[dict[str, list[float]], dict[str, np.ndarray]]:
     """Seconds per pass over ``batches`` for each variant (rounds in rotating order) and each
-    variant's scores from its last pass."""
-    names = list(runners)
+    variant's scores from its last pass; ``warmup`` batches of every variant first."""
     for w in range(warmup):
-        for name in names:
+        for name, run in runners.items():
             log(f"warm-up {w + 1}/{warmup}: {name}")
-            runners[name](batches[0])
-    seconds: dict[str, list[float]] = {n: [] for n in names}
-    scores: dict[str, np.ndarray] = {}
-    for r in range(repeats):
-        order = names[r % len(names) :] + names[: r % len(names)]
-        for name in order:
-            time.sleep(SETTLE_SECONDS)
-            t0 = time.perf_counter()
-            out = [runners[name](b) for b in batches]
-            seconds[name].append(time.perf_counter() - t0)
-            scores[name] = np.concatenate(out).astype(np.float64)
-        done = ", ".join(f"{n} {seconds[n][-1]:.2f}s" for n in names)
-        log(f"round {r + 1}/{repeats}: {done}")
-    return seconds, scores
+            run(batches[0])
+
+    def one_pass(run: Callable) -> Callable[[], np.ndarray]:
+        return lambda: np.concatenate([run(b) for b in batches]).astype(np.float64)
+
+    passes = {name: one_pass(run) for name, run in runners.items()}
+    return _common.interleaved_rounds(passes, repeats, settle)
 
 
 def parity(scores: np.ndarray, reference: np.ndarray, crops_per_image: int) -> ScoreStats:
@@ -409,10 +242,7 @@ def render(result: dict[str, Any]) -> str:
                 f"{_fmt(p['spearman_images'], '8.4f')}  {row['parity_verdict']}"
             )
         )
-    lines += ["", "goals"]
-    for g in result["goals"]:
-        status = "PASS" if g["passed"] else ("n/a " if g["passed"] is None else "MISS")
-        lines.append(f"  {status}  {g['goal']}: {g['measured']}")
+    lines += ["", "goals", *_common.goal_lines(result["goals"])]
     lines += [
         "",
         f"INT8 calibration: {result['images']['calib_images']} images ({result['images']['source']})"
@@ -429,56 +259,32 @@ def judge_goals(
     def ratio_goal(name: str, goal: str, threshold: float) -> dict[str, Any]:
         row = rows.get(name)
         if row is None:
-            return {"goal": goal, "measured": "not measured", "passed": None}
-        x = row["x_eager"]
-        return {
-            "goal": goal,
-            "measured": f"{x:.2f}x",
-            "value": x,
-            "threshold": threshold,
-            "passed": x >= threshold,
-        }
+            return _common.not_measured(goal)
+        return _common.goal(goal, row["x_eager"], threshold, f"{row['x_eager']:.2f}x")
 
-    goals = [
-        ratio_goal(
-            "ort-fp32", f"ORT fp32 >= {GOAL_ORT_FP32_X_EAGER}x PyTorch eager", GOAL_ORT_FP32_X_EAGER
-        )
-    ]
-    ort = rows.get("ort-fp32")
     goal = f"ORT fp32 >= {GOAL_ORT_FP32_OF_SGEMM_LIMIT:.0%} of the sgemm-bound limit"
+    ort = rows.get("ort-fp32")
     if ort is None:
-        goals.append({"goal": goal, "measured": "not measured", "passed": None})
+        sgemm_goal = _common.not_measured(goal)
     else:
         frac = ort["crops_per_s"] / limit
         measured = f"{100 * frac:.1f}% ({ort['crops_per_s']:.2f} of {limit:.2f} crops/s"
-        if nominal_limit:
-            nominal_frac = ort["crops_per_s"] / nominal_limit
-            measured += f"; {100 * nominal_frac:.1f}% at the nominal FLOPs"
-        goals.append(
-            {
-                "goal": goal,
-                "measured": measured + ")",
-                "value": frac,
-                "value_at_nominal_flops": ort["crops_per_s"] / nominal_limit
-                if nominal_limit
-                else None,
-                "threshold": GOAL_ORT_FP32_OF_SGEMM_LIMIT,
-                "passed": frac >= GOAL_ORT_FP32_OF_SGEMM_LIMIT,
-            }
-        )
-    goals.append(
+        at_nominal = ort["crops_per_s"] / nominal_limit if nominal_limit else None
+        if at_nominal is not None:
+            measured += f"; {100 * at_nominal:.1f}% at the nominal FLOPs"
+        sgemm_goal = _common.goal(goal, frac, GOAL_ORT_FP32_OF_SGEMM_LIMIT, measured + ")")
+        sgemm_goal["value_at_nominal_flops"] = at_nominal
+    return [
+        ratio_goal(
+            "ort-fp32", f"ORT fp32 >= {GOAL_ORT_FP32_X_EAGER}x PyTorch eager", GOAL_ORT_FP32_X_EAGER
+        ),
+        sgemm_goal,
         ratio_goal(
             "ort-int8-cpu",
             f"ORT int8 (cpu target) >= {GOAL_INT8_CPU_X_EAGER}x PyTorch eager fp32",
             GOAL_INT8_CPU_X_EAGER,
-        )
-    )
-    return goals
-
-
-# --------------------------------------------------------------------------------------------
-# Main
-# --------------------------------------------------------------------------------------------
+        ),
+    ]
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -532,103 +338,56 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    import torch
-
-    from loda.checkpoint import load_checkpoint
-    from loda.export.onnx import DEFAULT_OPSET, export_onnx, sha256_file
-    from loda.metadata import read_safetensors_metadata
-    from loda.preprocess import preprocess_image
-
-    started = time.perf_counter()
-    threads = args.threads or _common.usable_cpus()
-    torch.set_num_threads(threads)
-    load_before = _common.load_average()
-    chosen = [v for v in VARIANTS if v.name == "torch-fp32" or v.name in args.variants]
-    out = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    artifacts = Artifacts(out)
-
-    # Weights
-    if args.checkpoint is not None:
-        if not args.checkpoint.is_file():
-            raise BenchError(f"no checkpoint at {args.checkpoint}")
-        ckpt = args.checkpoint
-        ckpt_sha = sha256_file(ckpt)
-    else:
-        ckpt = out / f"{args.config}.safetensors"
-        ckpt_sha = artifacts.ensure(
-            ckpt,
-            {"config": args.config, "seed": args.seed, "kind": "random-init"},
-            lambda: _common.make_checkpoint(args.config, args.seed, ckpt),
-        )
-    meta, _ = read_safetensors_metadata(ckpt)
-    config, cfg = meta.model.name, meta.preprocess
-    stem = ckpt.stem if args.checkpoint is not None else config
-
-    # Images: calibration and benchmark images disjoint
-    images = args.images if args.images is not None else default_images(out)
+def _images(args: argparse.Namespace, cfg: Any) -> tuple[str, list, list, Path]:
+    """Calibration and benchmark images, disjoint; the calibration ones copied to a folder."""
+    images = args.images if args.images is not None else default_images(args.out)
     n_bench = math.ceil(args.crops / cfg.num_crops)
     source, calib, held = pick_images(images, args.calib_images, n_bench)
     if len(calib) < args.calib_images:
         log(
             f"only {len(calib)} calibration images left in {source} (asked for {args.calib_images})"
         )
-    calib_dir = out / "calib_images"
+    calib_dir = args.out / "calib_images"
     write_calibration_folder(calib, calib_dir)
+    return source, calib, held, calib_dir
 
-    # Graphs
-    paths: dict[str, Path] = {"torch-fp32": ckpt}
-    if args.onnx is not None:
-        fp32 = paths["ort-fp32"] = args.onnx
-        fp32_sha = check_given_onnx(fp32, ckpt_sha)
-    else:
-        fp32 = paths["ort-fp32"] = out / f"{stem}.onnx"
-        fp32_sha = artifacts.ensure(
-            fp32,
-            {"checkpoint_sha256": ckpt_sha, "opset": DEFAULT_OPSET},
-            lambda: export_onnx(ckpt, fp32, verify=False, log=log),
-        )
-    for v in chosen:
-        if v.precision == "fp16":
-            paths[v.name] = out / f"{stem}.fp16.onnx"
-            artifacts.ensure(
-                paths[v.name],
-                {"fp32_sha256": fp32_sha},
-                lambda p=paths[v.name]: make_fp16(fp32, p),
-            )
-        elif v.precision == "int8":
-            from loda.calib.int8 import TARGETS
 
-            path = paths[v.name] = out / f"{stem}{TARGETS[v.int8_target].suffix}"
-            artifacts.ensure(
-                path,
-                {
-                    "fp32_sha256": fp32_sha,
-                    "target": v.int8_target,
-                    # the target's quantization settings: a changed recipe means a new graph
-                    "target_settings": json.loads(
-                        json.dumps(dataclasses.asdict(TARGETS[v.int8_target]), default=dict)
-                    ),
-                    "method": args.method,
-                    "calibration_source": source,
-                    "calibration_images": [c.name for c in calib],
-                },
-                lambda p=path, t=v.int8_target: make_int8(
-                    fp32, p, calib_dir, len(calib), t, args.method
-                ),
-            )
+def _row(v: Variant, path: Path, rounds: list[float], n: int, eager_rate: float, p, gflop, peak):
+    med = statistics.median(rounds)
+    rate = n / med
+    return {
+        "name": v.name,
+        "label": v.label,
+        "runtime": v.runtime,
+        "precision": v.precision,
+        "int8_target": v.int8_target,
+        "path": str(path),
+        "size_mb": path.stat().st_size / 1e6,
+        "seconds_per_round": rounds,
+        "median_seconds": med,
+        "crops_per_s": rate,
+        "spread_pct": _common.spread_pct(rounds),
+        "x_eager": rate / eager_rate,
+        "gflops": rate * gflop,
+        "pct_of_sgemm_peak": 100 * rate * gflop / peak,
+        "parity": None if p is None else parity_record(p),
+        "parity_verdict": "reference" if p is None else parity_verdict(v, p),
+    }
 
-    # Yardsticks
-    model, _ = load_checkpoint(ckpt)  # eval mode
+
+def _measure(args, chosen, paths, model, meta, held, threads: int) -> dict[str, Any]:
+    """FLOPs, the sgemm peak (before and after), the timed rounds and the variants' rows."""
+    import torch
+
+    from loda.preprocess import preprocess_image
+
+    cfg = meta.preprocess
     log("counting FLOPs (ONNX graph GEMMs, torch FlopCounterMode)")
-    flops = count_flops(fp32, model, cfg.crop_size)
-    flops["nominal_gflop_per_crop"] = NOMINAL_GFLOP_PER_CROP.get(config)
+    flops = count_flops(paths["ort-fp32"], model, cfg.crop_size)
+    flops["nominal_gflop_per_crop"] = NOMINAL_GFLOP_PER_CROP.get(meta.model.name)
     log(f"measuring the sgemm peak with {threads} threads (sizes {args.sgemm_sizes})")
     sgemm_before = measure_sgemm_peak(args.sgemm_sizes, threads)
     torch.set_num_threads(threads)
-
-    # Crops and runners
     crops = np.concatenate([preprocess_image(i.source, cfg) for i in held])[: args.crops]
     crops = np.ascontiguousarray(crops)
     batches = [
@@ -637,59 +396,58 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     runners: dict[str, Callable] = {}
     for v in chosen:
         if v.runtime == "torch":
-            runners[v.name] = eager_runner(model, cfg.mean, cfg.std)
+            runners[v.name] = eager_runner(model, cfg)
         else:
             log(f"opening an ONNX Runtime session for {paths[v.name]}")
             runners[v.name] = ort_runner(paths[v.name], threads)
-
     log(f"timing {len(runners)} variants on {len(crops)} crops, {args.repeats} rounds")
     with thread_limits(threads):
         seconds, scores = time_variants(runners, batches, args.warmup, args.repeats)
-    # Measured again after the timing and the best kept: noise only ever lowers a measured peak,
-    # and a low peak would flatter every "% of peak" figure.
+    # Measured again after the timing and the best kept (see sgemm.best_sgemm).
     log("measuring the sgemm peak again")
     sgemm = best_sgemm(sgemm_before, measure_sgemm_peak(args.sgemm_sizes, threads))
     gflop = flops["graph_gemm_gflop_per_crop"]
-    limit = sgemm["peak_gflops"] / gflop
-
     eager_rate = len(crops) / statistics.median(seconds["torch-fp32"])
     rows = []
     for v in chosen:
-        med = statistics.median(seconds[v.name])
-        rate = len(crops) / med
-        p = (
-            None
-            if v.name == "torch-fp32"
-            else parity(scores[v.name], scores["torch-fp32"], cfg.num_crops)
-        )
+        p = None
+        if v.name != "torch-fp32":
+            p = parity(scores[v.name], scores["torch-fp32"], cfg.num_crops)
         rows.append(
-            {
-                "name": v.name,
-                "label": v.label,
-                "runtime": v.runtime,
-                "precision": v.precision,
-                "int8_target": v.int8_target,
-                "path": str(paths[v.name]),
-                "size_mb": paths[v.name].stat().st_size / 1e6,
-                "seconds_per_round": seconds[v.name],
-                "median_seconds": med,
-                "crops_per_s": rate,
-                "spread_pct": 100 * (max(seconds[v.name]) - min(seconds[v.name])) / med,
-                "x_eager": rate / eager_rate,
-                "gflops": rate * gflop,
-                "pct_of_sgemm_peak": 100 * rate * gflop / sgemm["peak_gflops"],
-                "parity": None if p is None else parity_record(p),
-                "parity_verdict": "reference" if p is None else parity_verdict(v, p),
-            }
-        )
-    by_name = {r["name"]: r for r in rows}
-    nominal = flops["nominal_gflop_per_crop"]
-    nominal_limit = sgemm["peak_gflops"] / nominal if nominal else None
+            _row(v, paths[v.name], seconds[v.name], len(crops), eager_rate, p, gflop,
+                 sgemm["peak_gflops"])
+        )  # fmt: skip
+    return {"crops": len(crops), "flops": flops, "sgemm": sgemm, "variants": rows}
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    from loda.checkpoint import load_checkpoint
+    from loda.metadata import read_safetensors_metadata
+
+    started = time.perf_counter()
+    threads = args.threads or _common.usable_cpus()
+    torch.set_num_threads(threads)
+    load_before = _common.load_average()
+    chosen = [v for v in VARIANTS if v.name == "torch-fp32" or v.name in args.variants]
+    args.out.mkdir(parents=True, exist_ok=True)
+    artifacts = Artifacts(args.out)
+    ckpt, ckpt_sha = weights(args, artifacts)
+    meta, _ = read_safetensors_metadata(ckpt)
+    source, calib, held, calib_dir = _images(args, meta.preprocess)
+    paths = make_graphs(args, chosen, artifacts, ckpt, ckpt_sha, (source, calib, calib_dir))
+    model, _ = load_checkpoint(ckpt)  # eval mode
+    m = _measure(args, chosen, paths, model, meta, held, threads)
+    peak = m["sgemm"]["peak_gflops"]
+    limit = peak / m["flops"]["graph_gemm_gflop_per_crop"]
+    nominal = m["flops"]["nominal_gflop_per_crop"]
+    nominal_limit = peak / nominal if nominal else None
     return {
         "schema": SCHEMA,
-        "config": config,
+        "config": meta.model.name,
         "settings": {
-            "crops": len(crops),
+            "crops": m["crops"],
             "batch": args.batch,
             "threads": threads,
             "warmup": args.warmup,
@@ -712,12 +470,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "bench_names": [h.name for h in held],
         },
         "artifacts": artifacts.events,
-        "flops": flops,
-        "sgemm": sgemm,
+        "flops": m["flops"],
+        "sgemm": m["sgemm"],
         "sgemm_bound_limit_crops_per_s": limit,
         "sgemm_bound_limit_nominal_crops_per_s": nominal_limit,
-        "variants": rows,
-        "goals": judge_goals(by_name, limit, nominal_limit),
+        "variants": m["variants"],
+        "goals": judge_goals({r["name"]: r for r in m["variants"]}, limit, nominal_limit),
         "peak_rss_gb": _peak_rss_gb(),
         "seconds": time.perf_counter() - started,
     }

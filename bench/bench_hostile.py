@@ -14,74 +14,37 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "tests"))  # hostile.zero_bomb
+sys.path.insert(0, str(ROOT / "bench"))  # _common, proctree
+
+import _common  # noqa: E402
+from proctree import TreeMemory  # noqa: E402
 
 GOAL_BYTES = 1.5e9
-_PAGE = os.sysconf("SC_PAGE_SIZE")
-
-
-def _children(pid: int) -> list[int]:
-    kids: list[int] = []
-    try:
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{task}/children") as f:
-                kids += [int(x) for x in f.read().split()]
-    except OSError:
-        pass
-    return kids
-
-
-def _rss(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/statm") as f:
-            return int(f.read().split()[1]) * _PAGE
-    except (OSError, IndexError, ValueError):
-        return 0
-
-
-def tree_rss(root: int) -> int:
-    """Resident bytes of ``root`` and every descendant now (``/proc``, no psutil needed)."""
-    total, stack, seen = 0, [root], set()
-    while stack:
-        pid = stack.pop()
-        if pid in seen:
-            continue
-        seen.add(pid)
-        total += _rss(pid)
-        stack += _children(pid)
-    return total
+POLL_SECONDS = 0.01
 
 
 def run_peak(cmd: list[str], cwd: Path) -> tuple[int, float, int, str]:
-    """``(peak process-tree RSS, seconds, exit code, last stderr line)`` of one command."""
+    """``(peak process-tree RSS in bytes, seconds, exit code, last stderr line)`` of one
+    command (:class:`proctree.TreeMemory`, RSS only, every 10 ms)."""
     start = time.perf_counter()
     proc = subprocess.Popen(
         cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
-    peak = 0
-    done = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not done.is_set():
-            peak = max(peak, tree_rss(proc.pid))
-            time.sleep(0.01)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
+    watcher = TreeMemory(proc.pid, POLL_SECONDS, pss=False)
+    watcher.start()
     _, err = proc.communicate()
-    done.set()
-    sampler.join()
+    watcher.stop()
     lines = [line for line in err.splitlines() if line.strip()]
+    peak = watcher.peak_rss_kb * 1024
     return peak, time.perf_counter() - start, proc.returncode, lines[-1] if lines else ""
 
 
@@ -101,6 +64,41 @@ def build_bombs(work: Path, member_bytes: int) -> dict[str, Path]:
     return bombs
 
 
+def measure(model: Path, member_gb: float, jobs: list[int]) -> dict[str, Any]:
+    """Every bomb at every ``-j``: peak RSS of the process tree, seconds, exit code."""
+    with tempfile.TemporaryDirectory(prefix="loda-bomb-") as tmp:
+        work = Path(tmp)
+        t0 = time.perf_counter()
+        bombs = build_bombs(work, int(member_gb * 1e9))
+        print(f"built {len(bombs)} bombs in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
+        results = []
+        base = [sys.executable, "-m", "loda.runtime.cli", "-m", str(model.resolve())]
+        idle, _, _, _ = run_peak([*base, "--help"], work)
+        for name, path in bombs.items():
+            for j in jobs:
+                out = work / "out.csv"
+                cmd = [*base, path.name, "-o", str(out), "--overwrite", "--no-progress"]
+                peak, seconds, code, last = run_peak([*cmd, "-j", str(j)], work)
+                results.append(
+                    {
+                        "bomb": name,
+                        "archive_bytes": path.stat().st_size,
+                        "jobs": j,
+                        "peak_rss_bytes": peak,
+                        "seconds": round(seconds, 2),
+                        "exit": code,
+                        "summary": last,
+                        "goal": "PASS" if peak <= GOAL_BYTES or j > 2 else "FAIL",
+                    }
+                )
+                print(
+                    f"{name:16s} {path.stat().st_size / 1e6:7.2f} MB  -j {j}  peak "
+                    f"{peak / 1e9:5.2f} GB  {seconds:6.1f}s  exit {code}",
+                    file=sys.stderr,
+                )
+    return {"idle_rss_bytes": idle, "runs": results}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, type=Path, help="an .onnx artifact")
@@ -108,36 +106,9 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="loda-bomb-") as tmp:
-        work = Path(tmp)
-        t0 = time.perf_counter()
-        bombs = build_bombs(work, int(args.member_gb * 1e9))
-        print(f"built {len(bombs)} bombs in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
-        results = []
-        base = [sys.executable, "-m", "loda.runtime.cli", "-m", str(args.model.resolve())]
-        idle, _, _, _ = run_peak([*base, "--help"], work)
-        for name, path in bombs.items():
-            for jobs in args.jobs:
-                out = work / "out.csv"
-                cmd = [*base, path.name, "-o", str(out), "--overwrite", "--no-progress"]
-                peak, seconds, code, last = run_peak([*cmd, "-j", str(jobs)], work)
-                results.append(
-                    {
-                        "bomb": name,
-                        "archive_bytes": path.stat().st_size,
-                        "jobs": jobs,
-                        "peak_rss_bytes": peak,
-                        "seconds": round(seconds, 2),
-                        "exit": code,
-                        "summary": last,
-                        "goal": "PASS" if peak <= GOAL_BYTES or jobs > 2 else "FAIL",
-                    }
-                )
-                print(
-                    f"{name:16s} {path.stat().st_size / 1e6:7.2f} MB  -j {jobs}  peak "
-                    f"{peak / 1e9:5.2f} GB  {seconds:6.1f}s  exit {code}",
-                    file=sys.stderr,
-                )
+    load_before = _common.load_average()
+    measured = measure(args.model, args.member_gb, args.jobs)
+    results, idle = measured["runs"], measured["idle_rss_bytes"]
     print(f"{'bomb':16s} {'archive':>9s} {'-j':>3s} {'peak RSS':>9s} {'time':>7s}  goal")
     for r in results:
         print(
@@ -146,7 +117,20 @@ def main() -> None:
         )
     print(f"(loda-score --help alone: {idle / 1e9:.2f} GB; goal <= 1.5 GB at -j <= 2)")
     if args.json:
-        args.json.write_text(json.dumps({"idle_rss_bytes": idle, "runs": results}, indent=2))
+        record = {
+            "benchmark": "bench_hostile",
+            "machine": _common.machine_description(),
+            "load_average": {"before": load_before, "after": _common.load_average()},
+            "settings": {
+                "model": args.model.name,
+                "member_gb": args.member_gb,
+                "jobs": args.jobs,
+                "poll_seconds": POLL_SECONDS,
+                "goal_bytes": GOAL_BYTES,
+            },
+            **measured,
+        }
+        args.json.write_text(json.dumps(record, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,11 @@
    Split: ``decode`` is timed on its own (exact: open + load + EXIF transpose; fast: open +
    ``draft`` + load; before: its decode steps up to the array), ``crop`` is
    ``crop_positions`` + ``extract_crops`` on the resized image, and ``resize`` is the rest of
-   the whole call (whole - decode - crop). images/s per core = 1 / median(whole).
+   the whole call (whole - decode - crop). images/s per core = 1 / median(whole). Each sample
+   is also timed in CPU time of the process (``time.process_time``; one thread, so one core):
+   ``cpu_whole_s`` / ``cpu_decode_s`` and ``fast_vs_exact_cpu``. On a machine shared with other
+   jobs the wall times include waiting for a core, the CPU times much less so: read the CPU
+   ratio there, and the wall figures on an idle machine (where the two agree).
 
    Images: the demo references (scikit-image / scikit-learn photos, :mod:`loda.data.demo`)
    fitted to 1, 3, 12 and 24 MP with Pillow's bicubic filter, plus Gaussian grain (sigma
@@ -26,8 +30,9 @@
    |dscore|, SRCC between the two paths' scores, and |dSRCC| = |SRCC(exact, MOS) - SRCC(fast,
    MOS)| against the demo set's pseudo-MOS. Sets: the demo set as made by ``loda-data demo``
    (512x384 PNG: only JPEGs have a fast path, so its crops are the exact ones, which is
-   checked), and N of its images upscaled to 4000x3000 (bicubic + the same grain) as JPEG
-   quality 90.
+   checked), and N of its images upscaled to each ``--large-sizes`` size (default 4000x3000;
+   bicubic + the same grain) as JPEG quality 90: key ``large_jpeg`` for 4000x3000,
+   ``large_jpeg_WxH`` for the others.
 
 JSON to ``--json`` (default ``OUT/bench_preprocess.json``), the tables to stdout, progress to
 stderr. Run: ``.venv/bin/python bench/bench_preprocess.py --out out/bench/preprocess``.
@@ -55,6 +60,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as ``python bench/bench_preprocess.py`` from a checkout
     sys.path.insert(0, str(ROOT))
 
+from loda.metadata import git_commit  # noqa: E402
 from loda.preprocess import (  # noqa: E402
     PreprocessConfig,
     crop_positions,
@@ -73,7 +79,7 @@ SIZES = {  # label -> (width, height, format)
 }
 PATHS = ("before", "exact", "fast")
 REFERENCES = ("chelsea", "coffee", "rocket", "astronaut", "motorcycle", "china")
-LARGE = (4000, 3000)
+LARGE = (4000, 3000)  # the size whose result is "large_jpeg"
 
 
 def log(message: str) -> None:
@@ -171,10 +177,11 @@ def _fast_decode(path: Path, short: int) -> None:
         im.load()
 
 
-def _timed(fn: Callable[[], Any]) -> float:
-    t0 = time.perf_counter()
+def _timed(fn: Callable[[], Any]) -> tuple[float, float]:
+    """Wall and CPU seconds of ``fn()`` (process CPU time: one thread, so one core)."""
+    c0, t0 = time.process_time(), time.perf_counter()
     fn()
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def measure_speed(files: dict[str, list[Path]], rounds: int) -> dict[str, Any]:
@@ -196,7 +203,8 @@ def measure_speed(files: dict[str, list[Path]], rounds: int) -> dict[str, Any]:
     }
     results: dict[str, Any] = {}
     for label, paths in files.items():
-        samples = {(k, s): [] for k in PATHS for s in ("whole", "decode", "crop")}
+        steps_timed = ("whole", "decode", "crop", "cpu_whole", "cpu_decode")
+        samples = {(k, s): [] for k in PATHS for s in steps_timed}
         resized = {}
         for p in paths:  # warm-up (file cache, code paths) and the resized image for crops
             for k in PATHS:
@@ -208,34 +216,40 @@ def measure_speed(files: dict[str, list[Path]], rounds: int) -> dict[str, Any]:
             order = PATHS[r % len(PATHS) :] + PATHS[: r % len(PATHS)]
             for p in paths:
                 for k in order:
-                    samples[(k, "whole")].append(_timed(lambda k=k, p=p: steps[k]["whole"](p)))
-                    samples[(k, "decode")].append(_timed(lambda k=k, p=p: steps[k]["decode"](p)))
+                    for step in ("whole", "decode"):
+                        wall, cpu = _timed(lambda k=k, p=p, step=step: steps[k][step](p))
+                        samples[(k, step)].append(wall)
+                        samples[(k, f"cpu_{step}")].append(cpu)
                     img = resized[p]
-                    samples[(k, "crop")].append(
-                        _timed(
-                            lambda img=img: extract_crops(
-                                img, crop_positions(*img.shape[:2], exact), 224
-                            )
+                    wall, _ = _timed(
+                        lambda img=img: extract_crops(
+                            img, crop_positions(*img.shape[:2], exact), 224
                         )
                     )
+                    samples[(k, "crop")].append(wall)
         row: dict[str, Any] = {"images": [p.name for p in paths], "rounds": rounds}
         for k in PATHS:
-            whole = statistics.median(samples[(k, "whole")])
-            decode = statistics.median(samples[(k, "decode")])
-            crop = statistics.median(samples[(k, "crop")])
+            med = {s: statistics.median(samples[(k, s)]) for s in steps_timed}
             row[k] = {
-                "whole_s": whole,
-                "decode_s": decode,
-                "resize_s": max(0.0, whole - decode - crop),
-                "crop_s": crop,
-                "images_per_s": 1.0 / whole,
+                "whole_s": med["whole"],
+                "decode_s": med["decode"],
+                "resize_s": max(0.0, med["whole"] - med["decode"] - med["crop"]),
+                "crop_s": med["crop"],
+                "images_per_s": 1.0 / med["whole"],
+                "cpu_whole_s": med["cpu_whole"],
+                "cpu_decode_s": med["cpu_decode"],
+                "images_per_cpu_s": 1.0 / med["cpu_whole"],
             }
         row["fast_vs_exact"] = row["exact"]["whole_s"] / row["fast"]["whole_s"]
+        row["fast_vs_exact_cpu"] = row["exact"]["cpu_whole_s"] / row["fast"]["cpu_whole_s"]
         row["exact_vs_before"] = row["before"]["whole_s"] / row["exact"]["whole_s"]
+        row["load_average_end"] = load_average()
         results[label] = row
         log(
             f"{label}: before {row['before']['images_per_s']:.1f}/s, exact "
-            f"{row['exact']['images_per_s']:.1f}/s, fast {row['fast']['images_per_s']:.1f}/s"
+            f"{row['exact']['images_per_s']:.1f}/s, fast {row['fast']['images_per_s']:.1f}/s; "
+            f"fast vs exact {row['fast_vs_exact']:.2f}x wall, {row['fast_vs_exact_cpu']:.2f}x "
+            f"CPU time; load {row['load_average_end']}"
         )
     return results
 
@@ -280,7 +294,13 @@ def _compare(exact: list[float], fast: list[float], mos: list[float]) -> dict[st
 
 
 def measure_fidelity(
-    out: Path, n_large: int, grain: float, checkpoint: Path | None, config: str, demo: Path | None
+    out: Path,
+    n_large: int,
+    grain: float,
+    checkpoint: Path | None,
+    config: str,
+    demo: Path | None,
+    large_sizes: list[tuple[int, int]],
 ) -> dict[str, Any]:
     from loda.data.datasets import read_dataset
     from loda.data.demo import make_demo_set
@@ -320,29 +340,38 @@ def measure_fidelity(
     if n_large > 0:
         step = max(1, len(samples) // n_large)
         chosen = samples[::step][:n_large]
-        log(f"fidelity: {len(chosen)} demo images upscaled to {LARGE[0]}x{LARGE[1]}")
-        rng = np.random.default_rng(1)
-        grain_field = rng.normal(0.0, grain, (LARGE[1], LARGE[0], 3)).astype(np.float32)
-        cols: dict[str, list[float]] = {k: [] for k in ("jpeg_e", "jpeg_f")}
-        for i, s in enumerate(chosen):
-            with Image.open(s.path) as im:
-                big = im.convert("RGB").resize(LARGE, Image.Resampling.BICUBIC)
-            arr = np.clip(np.asarray(big, np.float32) + grain_field, 0, 255).astype(np.uint8)
-            buf = io.BytesIO()
-            Image.fromarray(arr).save(buf, format="JPEG", quality=90)
-            data = buf.getvalue()
-            crops = [preprocess_image(data, c) for c in (exact, fast)]
-            for key, value in zip(cols, scores(*crops), strict=True):
-                cols[key].append(value)
-            if (i + 1) % 25 == 0:
-                log(f"  {i + 1}/{len(chosen)}")
-        mos_l = [s.mos for s in chosen]
-        result["large_jpeg"] = {
-            "size": f"{LARGE[0]}x{LARGE[1]}",
-            "grain_sigma": grain,
-            **_compare(cols["jpeg_e"], cols["jpeg_f"], mos_l),
-        }
+        for size in large_sizes:
+            key = "large_jpeg" if size == LARGE else f"large_jpeg_{size[0]}x{size[1]}"
+            result[key] = _large_fidelity(chosen, size, grain, scores)
     return result
+
+
+def _large_fidelity(
+    chosen: list[Any], size: tuple[int, int], grain: float, scores: Callable[..., list[float]]
+) -> dict[str, Any]:
+    """Demo images upscaled to ``size`` with grain, as JPEG q90: exact vs fast scores."""
+    exact, fast = PreprocessConfig(), PreprocessConfig(decode="fast")
+    log(f"fidelity: {len(chosen)} demo images upscaled to {size[0]}x{size[1]}")
+    rng = np.random.default_rng(1)
+    grain_field = rng.normal(0.0, grain, (size[1], size[0], 3)).astype(np.float32)
+    cols: dict[str, list[float]] = {k: [] for k in ("jpeg_e", "jpeg_f")}
+    for i, s in enumerate(chosen):
+        with Image.open(s.path) as im:
+            big = im.convert("RGB").resize(size, Image.Resampling.BICUBIC)
+        arr = np.clip(np.asarray(big, np.float32) + grain_field, 0, 255).astype(np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(arr).save(buf, format="JPEG", quality=90)
+        data = buf.getvalue()
+        crops = [preprocess_image(data, c) for c in (exact, fast)]
+        for key, value in zip(cols, scores(*crops), strict=True):
+            cols[key].append(value)
+        if (i + 1) % 25 == 0:
+            log(f"  {i + 1}/{len(chosen)}")
+    return {
+        "size": f"{size[0]}x{size[1]}",
+        "grain_sigma": grain,
+        **_compare(cols["jpeg_e"], cols["jpeg_f"], [s.mos for s in chosen]),
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -353,17 +382,20 @@ def measure_fidelity(
 def print_tables(report: dict[str, Any]) -> None:
     print(f"CPU: {report['machine']['cpu']} ({report['machine']['cpus']} usable CPUs); one thread")
     print(
-        "| image | path | decode s | resize s | crop s | whole s | images/s per core | vs exact |"
+        "| image | path | decode s | resize s | crop s | whole s | images/s per core | vs exact "
+        "| CPU decode s | CPU whole s | images per CPU-s | vs exact (CPU) |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for label, row in report["speed"].items():
         for k in PATHS:
             r = row[k]
             ratio = row["exact"]["whole_s"] / r["whole_s"]
+            cpu_ratio = row["exact"]["cpu_whole_s"] / r["cpu_whole_s"]
             print(
                 f"| {label} | {k} | {r['decode_s']:.4f} | {r['resize_s']:.4f} | "
                 f"{r['crop_s']:.4f} | {r['whole_s']:.4f} | {r['images_per_s']:.1f} | "
-                f"{ratio:.2f}x |"
+                f"{ratio:.2f}x | {r['cpu_decode_s']:.4f} | {r['cpu_whole_s']:.4f} | "
+                f"{r['images_per_cpu_s']:.1f} | {cpu_ratio:.2f}x |"
             )
     fid = report.get("fidelity")
     if fid:
@@ -372,7 +404,7 @@ def print_tables(report: dict[str, Any]) -> None:
             "| set | n | max abs dscore | mean abs dscore | score sd | SRCC exact~fast | |dSRCC| |"
         )
         print("|---|---|---|---|---|---|---|")
-        for key in ("demo_set", "large_jpeg"):
+        for key in [k for k in fid if k == "demo_set" or k.startswith("large_jpeg")]:
             if key in fid:
                 r = fid[key]
                 if "srcc_exact_vs_fast" not in r:
@@ -388,6 +420,13 @@ def print_tables(report: dict[str, Any]) -> None:
                 )
 
 
+def _size(text: str) -> tuple[int, int]:
+    w, _, h = text.lower().partition("x")
+    if not (w.isdigit() and h.isdigit() and int(w) > 0 and int(h) > 0):
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, got {text!r}")
+    return int(w), int(h)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=Path("out/bench/preprocess"))
@@ -395,11 +434,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--images-per-size", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--grain", type=float, default=5.0)
-    ap.add_argument("--sizes", nargs="+", choices=sorted(SIZES), default=list(SIZES))
+    ap.add_argument(
+        "--sizes", nargs="*", choices=sorted(SIZES), default=list(SIZES),
+        help="image sizes of the speed part (none: fidelity only)",
+    )  # fmt: skip
     ap.add_argument("--fidelity-images", type=int, default=120)
     ap.add_argument("--checkpoint", type=Path, default=None)
     ap.add_argument("--config", default="loda_micro")
     ap.add_argument("--demo", type=Path, default=None, help="an existing demo.csv")
+    ap.add_argument(
+        "--large-sizes", nargs="+", type=_size, default=[LARGE], metavar="WxH",
+        help="sizes of the upscaled JPEGs of the fidelity part (default 4000x3000)",
+    )  # fmt: skip
     args = ap.parse_args(argv)
     if args.images_per_size < 1 or args.rounds < 1 or args.fidelity_images < 0:
         ap.error("--images-per-size and --rounds must be >= 1, --fidelity-images >= 0")
@@ -417,6 +463,8 @@ def main(argv: list[str] | None = None) -> int:
             "libjpeg_turbo": features.version("libjpeg_turbo"),
             "numpy": np.__version__,
             "load_average_start": load_average(),
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "git_commit": git_commit(),
         },
         "settings": {
             "images_per_size": args.images_per_size,
@@ -426,7 +474,9 @@ def main(argv: list[str] | None = None) -> int:
             "threads": 1,
         },
     }
-    files = make_speed_images(args.out / "images", args.images_per_size, args.grain)
+    files = {}
+    if args.sizes:
+        files = make_speed_images(args.out / "images", args.images_per_size, args.grain)
     files = {k: v for k, v in files.items() if k in args.sizes}
     report["speed"] = measure_speed(files, args.rounds)
     json_path = args.json or args.out / "bench_preprocess.json"
@@ -434,7 +484,13 @@ def main(argv: list[str] | None = None) -> int:
     json_path.write_text(json.dumps(report, indent=2) + "\n")  # the speed part, kept if stopped
     if args.fidelity_images:
         report["fidelity"] = measure_fidelity(
-            args.out, args.fidelity_images, args.grain, args.checkpoint, args.config, args.demo
+            args.out,
+            args.fidelity_images,
+            args.grain,
+            args.checkpoint,
+            args.config,
+            args.demo,
+            args.large_sizes,
         )
     report["machine"]["load_average_end"] = load_average()
     json_path.write_text(json.dumps(report, indent=2) + "\n")

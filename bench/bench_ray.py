@@ -1,15 +1,21 @@
-"""loda-score-ray vs loda-score on the same images and model, one run side by side (issue 18).
+"""loda-score-ray vs loda-score on the same images and model, side by side (issue 18).
 
 Goals: Ray's overhead <= 15% at 2 CPUs (images/s of ``loda-score-ray --num-cpus 2`` against
 ``loda-score -j 2``, same ONNX model, same tar); memory flat in archive size (the peak memory of
 the whole process tree, Ray's daemons and workers included, for a tar and one 4x larger).
 
-Both commands run as subprocesses, as a user runs them; images/s is taken from each command's
-own summary line (start-up excluded) and from the wall clock (start-up included: Ray's start
-is paid once per run). Memory: ``TreeMemory`` of bench_score.py (summed RSS, and PSS, which
-counts pages shared by several processes, such as Ray's object store, once).
+Both commands run as subprocesses, as a user runs them, interleaved: every round runs
+loda-score and loda-score-ray on the small tar, then both on the 4x tar (the order flips every
+round), so a change in the machine's load hits both alike; the overheads are the medians of the
+per-round ratios. images/s is taken from each command's own summary line (each command's
+process start, imports and ``ray.init`` excluded; the run itself, Ray's actor start and model
+load included) and from the wall clock (everything included: Ray's start is paid once per run).
+``first_row_seconds`` (the Ray run's own log line) is the part of a Ray run before its first
+row: the fixed cost that a longer run spreads. Memory: ``TreeMemory`` of the score benchmark
+(summed RSS, and PSS, which counts pages shared by several processes, such as Ray's object
+store, once).
 
-    python bench/bench_ray.py --onnx model.onnx --images 24 --out out/bench/ray
+    python bench/bench_ray.py --onnx model.onnx --images 24 --rounds 2 --out out/bench/ray
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -29,6 +36,9 @@ from _common import BenchError, log
 from bench_score import FORMATS, TreeMemory, make_images, make_tar
 
 _SUMMARY = re.compile(r"scored (\d+) of (\d+) image\(s\), (\d+) failed.* in ([0-9.]+)s:")
+_FIRST_ROW = re.compile(r"first row after ([0-9.]+)s")
+RUNS = ("loda_score", "ray_small", "loda_score_large", "ray_large")
+POLL_SECONDS = 0.5
 
 
 def _command(name: str, module: str) -> list[str]:
@@ -37,10 +47,13 @@ def _command(name: str, module: str) -> list[str]:
 
 
 def run(cmd: list[str]) -> dict[str, Any]:
+    load_before = _common.load_average()
     with tempfile.TemporaryFile() as err:
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
-        watcher = TreeMemory(proc.pid)
+        # 0.5 s, not the default 0.05 s: reading smaps of Ray's ~13 processes 20 times a second
+        # took a share of the 2 cores that showed up as Ray overhead; VmHWM keeps every peak
+        watcher = TreeMemory(proc.pid, interval=POLL_SECONDS)
         watcher.start()
         code = proc.wait()
         wall = time.perf_counter() - t0
@@ -55,14 +68,61 @@ def run(cmd: list[str]) -> dict[str, Any]:
     images, own = int(match.group(2)), float(match.group(4))
     if int(match.group(3)):
         raise BenchError(f"{cmd[0]}: {match.group(3)} image(s) failed")
+    first_row = _FIRST_ROW.search(stderr)
     return {
         "images": images,
         "own_seconds": own,
         "wall_seconds": wall,
         "images_per_s": images / own,
         "images_per_s_wall": images / wall,
+        "first_row_seconds": float(first_row.group(1)) if first_row else None,
+        "load_average_before": load_before,
         "memory": watcher.result(),
     }
+
+
+def _commands(args: argparse.Namespace, small: Path, large: Path) -> dict[str, list[str]]:
+    loda_score = _command("loda-score", "loda.runtime.cli")
+    ray_score = _command("loda-score-ray", "loda.runtime.ray_cli")
+    common = ["-m", str(args.onnx), "--device", "cpu"]
+    out = args.out
+    plain = ["--overwrite", "--no-progress", "-j", str(args.cpus)]
+    ray = ["--overwrite", "--no-progress", "--num-cpus", str(args.cpus)]
+    return {
+        "loda_score": [*loda_score, str(small), *common, "-o", str(out / "ls.csv"), *plain],
+        "ray_small": [*ray_score, str(small), *common, "-o", str(out / "ray_small"), *ray],
+        "loda_score_large": [*loda_score, str(large), *common, "-o", str(out / "ll.csv"), *plain],
+        "ray_large": [*ray_score, str(large), *common, "-o", str(out / "ray_large"), *ray],
+    }
+
+
+def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run with the median images/s (the upper one of an even count)."""
+    ranked = sorted(runs, key=lambda r: r["images_per_s"])
+    return ranked[len(ranked) // 2]
+
+
+def summarise(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
+    """The medians of the per-round ratios (paired runs of one round share the machine's load)."""
+
+    def overhead(ray: str, base: str, rate: str = "images_per_s") -> float:
+        return statistics.median(1 - r[ray][rate] / r[base][rate] for r in rounds)
+
+    results: dict[str, Any] = {name: _median_run([r[name] for r in rounds]) for name in RUNS}
+    results["ray_overhead"] = overhead("ray_small", "loda_score")
+    results["ray_overhead_wall"] = overhead("ray_small", "loda_score", "images_per_s_wall")
+    results["ray_overhead_large"] = overhead("ray_large", "loda_score_large")
+    results["ray_overhead_large_wall"] = overhead(
+        "ray_large", "loda_score_large", "images_per_s_wall"
+    )
+    pss = [r["ray_large"]["memory"]["peak_pss_sum_mb"] / r["ray_small"]["memory"]["peak_pss_sum_mb"]
+           for r in rounds]  # fmt: skip
+    rss = [r["ray_large"]["memory"]["peak_rss_sum_mb"] / r["ray_small"]["memory"]["peak_rss_sum_mb"]
+           for r in rounds]  # fmt: skip
+    results["memory_ratio_large_vs_small_pss"] = statistics.median(pss)
+    results["memory_ratio_large_vs_small_rss"] = statistics.median(rss)
+    results["rounds"] = rounds
+    return results
 
 
 def main() -> None:
@@ -71,49 +131,52 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=24, help="Images in the small tar.")
     parser.add_argument("--format", choices=[f.name for f in FORMATS], default="jpeg")
     parser.add_argument("--cpus", type=int, default=2, help="-j of loda-score, Ray's CPUs.")
+    parser.add_argument("--rounds", type=int, default=2, help="Interleaved rounds (median).")
     parser.add_argument("--out", type=Path, default=Path("out/bench/ray"))
     args = parser.parse_args()
+    if args.rounds < 1 or args.images < 1:
+        raise BenchError("--rounds and --images must be >= 1")
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     fmt = next(f for f in FORMATS if f.name == args.format)
     files = make_images(out / "images", fmt, min(args.images, 16))
     small = make_tar(out / "small.tar", files, args.images)
     large = make_tar(out / "large.tar", files, 4 * args.images)
-    loda_score = _command("loda-score", "loda.runtime.cli")
-    ray_score = _command("loda-score-ray", "loda.runtime.ray_cli")
-    common = ["-m", str(args.onnx), "--device", "cpu"]
-    results: dict[str, Any] = {"machine": _common.machine_description(), "args": vars(args)}
+    commands = _commands(args, small, large)
+    rounds: list[dict[str, dict[str, Any]]] = []
+    for i in range(args.rounds):
+        order = RUNS if i % 2 == 0 else tuple(reversed(RUNS))
+        this: dict[str, dict[str, Any]] = {}
+        for name in order:
+            log(f"round {i + 1}/{args.rounds}: {name}")
+            this[name] = run(commands[name])
+        rounds.append(this)
+    results: dict[str, Any] = {"machine": _common.machine_description()}
     results["args"] = {k: str(v) for k, v in vars(args).items()}
-    log(f"loda-score -j {args.cpus} on {args.images} images")
-    results["loda_score"] = run(
-        [*loda_score, str(small), *common, "-o", str(out / "ls.csv"), "--overwrite",
-         "--no-progress", "-j", str(args.cpus)]
-    )  # fmt: skip
-    for name, tar in (("ray_small", small), ("ray_large", large)):
-        log(f"loda-score-ray --num-cpus {args.cpus} on {tar.name}")
-        results[name] = run(
-            [*ray_score, str(tar), *common, "-o", str(out / name), "--overwrite",
-             "--no-progress", "--num-cpus", str(args.cpus)]
-        )  # fmt: skip
-    base, ray_small = results["loda_score"], results["ray_small"]
-    results["ray_overhead"] = 1 - ray_small["images_per_s"] / base["images_per_s"]
-    results["ray_overhead_wall"] = 1 - ray_small["images_per_s_wall"] / base["images_per_s_wall"]
-    results["memory_ratio_large_vs_small_pss"] = (
-        results["ray_large"]["memory"]["peak_pss_sum_mb"] / ray_small["memory"]["peak_pss_sum_mb"]
-    )
+    results |= summarise(rounds)
     results["load_average_after"] = _common.load_average()
     (out / "results.json").write_text(json.dumps(results, indent=2))
-    for key in ("loda_score", "ray_small", "ray_large"):
+    _report(results)
+
+
+def _report(results: dict[str, Any]) -> None:
+    for key in RUNS:
         r = results[key]
+        first = r["first_row_seconds"]
         log(
             f"{key}: {r['images']} images, {r['images_per_s']:.2f} images/s "
-            f"({r['images_per_s_wall']:.2f} with start-up), peak PSS "
-            f"{r['memory']['peak_pss_sum_mb']:.0f} MB, RSS {r['memory']['peak_rss_sum_mb']:.0f} MB"
+            f"({r['images_per_s_wall']:.2f} with start-up"
+            + (f"; first row after {first:.1f}s" if first is not None else "")
+            + f"), peak PSS {r['memory']['peak_pss_sum_mb']:.0f} MB, "
+            f"RSS {r['memory']['peak_rss_sum_mb']:.0f} MB"
         )
     log(
         f"Ray overhead {results['ray_overhead']:.1%} (goal <= 15%), with start-up "
-        f"{results['ray_overhead_wall']:.1%}; memory 4x archive / 1x: "
-        f"{results['memory_ratio_large_vs_small_pss']:.2f}"
+        f"{results['ray_overhead_wall']:.1%}; on the 4x tar {results['ray_overhead_large']:.1%} "
+        f"({results['ray_overhead_large_wall']:.1%} with start-up); memory 4x archive / 1x: "
+        f"PSS x{results['memory_ratio_large_vs_small_pss']:.2f}, "
+        f"RSS x{results['memory_ratio_large_vs_small_rss']:.2f}; load average after "
+        f"{results['load_average_after']}"
     )
 
 

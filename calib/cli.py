@@ -171,7 +171,6 @@ def int8_command(
             verify_images=verify_images,
             n_verify=verify_count,
             min_spearman=min_spearman,
-            log=_echo,
         )
     except Int8Error as exc:
         if exc.report is not None:

@@ -51,7 +51,7 @@ from .verify import spearman_problems
 if TYPE_CHECKING:
     import onnx
 
-    from loda.sources import VerificationImages
+    from loda.data.images import VerificationImages
 
 __all__ = [
     "DEFAULT_FP16_VERIFY_IMAGES",

@@ -62,9 +62,17 @@ demo set), SRCC vs MOS of both graphs are reported. Histogram calibrators (entro
 keep every calibrated tensor of a batch in memory, so calibration runs one image per
 ``collect_data`` call (``CalibStridedMinMax``), whatever the method.
 
+Verification numbers hold for the CPU class they were measured on (:mod:`loda.cpu_isa`): ONNX
+Runtime's u8s8 kernels saturate on x86 CPUs without VNNI/AMX, and an INT8 graph verified on a
+VNNI CPU then scores worse elsewhere (Spearman vs eager 0.9751 on an AVX2 EPYC against 0.9947 on
+a VNNI Xeon, issue 17). Both targets are affected on the CPU (ORT shifts s8 activations to u8).
+Verification sessions, like the runtime's, therefore use ORT's exact u8u8 kernels on such CPUs
+(``session.x64quantprecision``), so the numbers measure the graph on every x86 class, and the
+record names the class it was verified on (``verification.cpu``); the runtime warns on another.
+
 Written to ``metadata_props``: ``loda.precision = "int8"``, ``loda.int8`` (JSON: method, target,
 calibration images/crops and their source, source ONNX sha256, quantization settings, INT8 share
-of GEMM FLOPs, verification numbers); the ``loda`` record and the rest are carried over.
+of GEMM FLOPs, verification numbers and CPU); the ``loda`` record and the rest are carried over.
 """
 
 from __future__ import annotations
@@ -73,10 +81,9 @@ import contextlib
 import logging
 import os
 import re
-import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -92,8 +99,8 @@ from .verify import spearman_problems
 if TYPE_CHECKING:
     import onnx
 
+    from loda.data.images import VerificationImages
     from loda.preprocess import PreprocessConfig
-    from loda.sources import VerificationImages
 
     from .graph_stats import GemmStats
 
@@ -132,7 +139,7 @@ RESIDUAL_INPUTS = "adapter input projections (raw residual stream)"
 #: --method -> onnxruntime.quantization.CalibrationMethod member name.
 METHODS: dict[str, str] = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
 
-Log = Callable[[str], None]
+log = logging.getLogger(__name__)
 
 
 class Int8Error(LodaError):
@@ -203,10 +210,6 @@ TARGETS: dict[str, Int8Target] = {
 }
 
 
-def _log_stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 # --------------------------------------------------------------------------------------------
 # Calibration and verification images
 # --------------------------------------------------------------------------------------------
@@ -230,23 +233,17 @@ def _image_candidates(
     """Images of a folder (recursive; a demo set through its CSV, with MOS), an archive (the
     ``n_wanted`` members spread over the sorted names; with MOS from the manifest ``loda-data
     pack`` writes beside it) or one image file."""
-    from loda.sources import (
-        ARCHIVE_SUFFIXES,
-        IMAGE_SUFFIXES,
-        _folder_images,
-        _is_archive,
-        _read_archive,
-        read_manifest_mos,
-    )
+    from loda.data.images import archive_images, folder_images, is_archive_file
+    from loda.sources import ARCHIVE_SUFFIXES, IMAGE_SUFFIXES, read_manifest_mos
 
     root = Path(images)
-    if _is_archive(root):
-        members = _read_archive(root, n_wanted)
+    if is_archive_file(root):
+        members = archive_images(root, n_wanted)
         mos = read_manifest_mos(root)  # written by loda-data pack
         return str(root), [CalibrationImage(name, data, mos.get(name)) for name, data in members]
     if root.is_dir():
         mos = _demo_mos(root)
-        paths = _folder_images(root)
+        paths = folder_images(root)
         out = []
         for p in paths:
             name = p.relative_to(root).as_posix() if p.is_relative_to(root) else str(p)
@@ -284,7 +281,6 @@ def select_images(
     n_calib: int = DEFAULT_CALIB_IMAGES,
     n_verify: int = DEFAULT_VERIFY_IMAGES,
     verify: bool = True,
-    log: Log | None = None,
 ) -> tuple[str, list[CalibrationImage], str, list[CalibrationImage]]:
     """Pick disjoint calibration and verification images.
 
@@ -296,7 +292,6 @@ def select_images(
     too small for both, the split is logged: at least :data:`MIN_VERIFY_IMAGES` images are held
     out and the rest calibrates. Returns ``(calib_source, calib, verify_source, verify)``.
     """
-    log = log or (lambda _m: None)
     if n_calib < 1:
         raise Int8Error(f"calibration needs at least 1 image, got {n_calib}")
     if (images is None) == (dataset is None):
@@ -340,7 +335,7 @@ def select_images(
         share = n_verify / (n_calib + n_verify)
         n_v = min(total - 1, max(MIN_VERIFY_IMAGES, round(total * share)))
         n_c = total - n_v
-        log(
+        log.info(
             f"only {total} images in {source}: calibrating on {n_c}, verifying on the other "
             f"{n_v} (asked for {n_calib} + {n_verify})"
         )
@@ -365,12 +360,10 @@ class CropReader:
         images: Sequence[CalibrationImage],
         cfg: PreprocessConfig,
         input_name: str = "crops",
-        log: Log | None = None,
     ) -> None:
         self.images = list(images)
         self.cfg = cfg
         self.input_name = input_name
-        self.log = log or (lambda _m: None)
         self.n_crops = 0
         self.n_done = 0
         self._pending: Iterator[CalibrationImage] = iter(self.images)
@@ -392,7 +385,7 @@ class CropReader:
         self.n_crops += len(crops)
         self.n_done += 1
         if self.n_done % self._progress_every == 0 or self.n_done == len(self.images):
-            self.log(f"calibrating: {self.n_done}/{len(self.images)} images")
+            log.info(f"calibrating: {self.n_done}/{len(self.images)} images")
         return {self.input_name: crops}
 
     def __iter__(self) -> CropReader:
@@ -408,8 +401,8 @@ class CropReader:
 def _load_crops(
     images: Sequence[CalibrationImage], cfg: PreprocessConfig, source: str
 ) -> VerificationImages:
+    from loda.data.images import VerificationImages
     from loda.preprocess import preprocess_image
-    from loda.sources import VerificationImages
 
     return VerificationImages(
         source,
@@ -563,6 +556,7 @@ class Int8Report:
     calib_names: tuple[str, ...] = ()
     verify_names: tuple[str, ...] = ()
     checks: list[str] = field(default_factory=list)
+    verified_on: dict[str, Any] | None = None  # the CPU (loda.cpu_isa) verification ran on
 
     @property
     def size_mb(self) -> float:
@@ -612,6 +606,11 @@ class Int8Report:
                 ("worst image", self.worst_image),
                 ("inf/NaN scores", str(self.n_nonfinite)),
             ]
+            if self.verified_on:
+                cpu = self.verified_on
+                rows.append(
+                    ("verified on", f"{cpu['cpu'] or cpu['machine']} ({cpu['int8_class']})")
+                )
             if self.srcc_int8 is not None:
                 rows.append(
                     (
@@ -650,6 +649,7 @@ class Int8Report:
                 "mean_abs_vs_fp32": self.mean_abs,
                 "srcc_vs_mos_int8": self.srcc_int8,
                 "srcc_vs_mos_fp32": self.srcc_fp32,
+                "cpu": self.verified_on,
             },
         }
 
@@ -788,9 +788,17 @@ def _prepare_graph(model: onnx.ModelProto, spec: Any) -> _PreparedGraph:
 
 
 def _quantize(
-    graph: _PreparedGraph, reader: CropReader, spec: Any, method: str, extra: dict[str, Any]
+    graph: _PreparedGraph,
+    reader: CropReader,
+    spec: Any,
+    method: str,
+    extra: dict[str, Any],
+    calibration_cache: Path | None = None,
 ) -> onnx.ModelProto:
-    """``quantize_static`` (QDQ, per-channel weights) on ``graph`` with ``reader``'s crops."""
+    """``quantize_static`` (QDQ, per-channel weights) on ``graph`` with ``reader``'s crops.
+
+    ``calibration_cache``: ONNX Runtime's tensor-range cache file; when it exists the ranges are
+    read from it instead of calibrating (the recipe comparison, scripts/int8_recipes.py)."""
     import onnx
 
     q = _ort_quantization()
@@ -819,6 +827,11 @@ def _quantize(
                     calibrate_method=getattr(q.CalibrationMethod, METHODS[method]),
                     calibration_providers=["CPUExecutionProvider"],
                     extra_options=extra,
+                    **(
+                        {}
+                        if calibration_cache is None
+                        else {"calibration_cache_path": calibration_cache}
+                    ),
                 )
         except LodaError:
             raise
@@ -858,11 +871,15 @@ def _verify(
     held: list[CalibrationImage],
     cfg: PreprocessConfig,
     verify_source: str,
-    log: Log,
 ) -> None:
-    """Compare INT8 with FP32 on the held-out images; failed checks go to ``report.checks``."""
+    """Compare INT8 with FP32 on the held-out images; failed checks go to ``report.checks``.
+
+    The CPU it ran on is recorded: ONNX Runtime's integer kernels give other numbers on CPUs of
+    another INT8 class (:mod:`loda.cpu_isa`), so the numbers hold for that class."""
+    from loda.cpu_isa import current_isa
+
     vimages = _load_crops(held, cfg, verify_source)
-    log(f"comparing INT8 with FP32 on {vimages.n_crops} crops of {len(held)} held-out images")
+    log.info(f"comparing INT8 with FP32 on {vimages.n_crops} crops of {len(held)} held-out images")
     numbers = compare_int8(str(fp32_path), int8_bytes, vimages, [i.mos for i in held])
     report.verify_source = verify_source
     for key in ("n_images", "n_crops", "spearman", "max_abs", "mean_abs", "n_nonfinite"):
@@ -870,6 +887,8 @@ def _verify(
     report.worst_image = numbers["worst_image"]
     report.srcc_int8, report.srcc_fp32 = numbers["srcc_int8"], numbers["srcc_fp32"]
     report.n_mos = numbers["n_mos"]
+    isa = current_isa()
+    report.verified_on = {**isa.to_dict(), "onnxruntime_exact_u8u8": isa.saturating}
     report.checks += spearman_problems(report.n_nonfinite, report.spearman, report.min_spearman)
 
 
@@ -890,6 +909,122 @@ def _settings(spec: Any, method: str, extra: dict[str, Any], fused: dict[str, in
     }
 
 
+@dataclass(frozen=True)
+class _Images:
+    """The calibration and held-out verification images of one run (:func:`select_images`)."""
+
+    calib_source: str
+    calib: list[CalibrationImage]
+    verify_source: str
+    held: list[CalibrationImage]
+
+
+def _select(
+    images: str | os.PathLike | None,
+    dataset: Any,
+    verify_images: str | os.PathLike | None,
+    n_calib: int,
+    n_verify: int,
+    verify: bool,
+    output_path: Path,
+) -> _Images:
+    """Images first: with none there is nothing to do (and never random data instead)."""
+    chosen = _Images(
+        *select_images(
+            images,
+            dataset=dataset,
+            verify_images=verify_images,
+            n_calib=n_calib,
+            n_verify=n_verify,
+            verify=verify,
+        )
+    )
+    check_not_an_input(
+        output_path, [i.source for i in (*chosen.calib, *chosen.held)], "an image it reads"
+    )
+    return chosen
+
+
+def _calibrate(
+    onnx_path: Path,
+    graph: _PreparedGraph,
+    images: _Images,
+    cfg: PreprocessConfig,
+    spec: Int8Target,
+    method: str,
+) -> tuple[onnx.ModelProto, CropReader, dict[str, Any], float]:
+    """Run ``quantize_static`` on the calibration images' crops; (graph, reader, options, s)."""
+    from loda.artifacts import INPUT_NAME
+
+    reader = CropReader(images.calib, cfg, INPUT_NAME)
+    extra = {**spec.extra_options, "CalibStridedMinMax": 1}  # one image per call: bounded memory
+    if method == "percentile":
+        extra.setdefault("CalibPercentile", 99.999)
+    kept = ", ".join(f"{len(v)} {k}" for k, v in graph.kept_float.items())
+    log.info(
+        f"quantizing {onnx_path} for {spec.name} ({method} calibration on {len(images.calib)} images "
+        f"of {images.calib_source}; kept float: {kept})"
+    )
+    if graph.fused:
+        log.info(
+            "fused for ONNX Runtime: " + ", ".join(f"{n} {op}" for op, n in graph.fused.items())
+        )
+    t0 = time.perf_counter()
+    quantized = _quantize(graph, reader, spec, method, extra)
+    return quantized, reader, extra, time.perf_counter() - t0
+
+
+def _new_report(
+    quantized: onnx.ModelProto,
+    graph: _PreparedGraph,
+    reader: CropReader,
+    extra: dict[str, Any],
+    images: _Images,
+    source_sha256: str,
+    **fields: Any,
+) -> Int8Report:
+    """The report of a quantized graph, before verification (``fields``: method, target, ...)."""
+    share, n_int8 = int8_gemm_share(quantized, graph.flops)
+    report = Int8Report(
+        calib_source=images.calib_source,
+        calib_images=reader.n_done,
+        calib_crops=reader.n_crops,
+        int8_share=share,
+        n_int8_gemms=n_int8,
+        kept_float={k: len(v) for k, v in graph.kept_float.items()},
+        settings=_settings(TARGETS[fields["target"]], fields["method"], extra, graph.fused),
+        n_qdq=sum(
+            n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in quantized.graph.node
+        ),
+        source_sha256=source_sha256,
+        calib_names=tuple(i.name for i in images.calib),
+        verify_names=tuple(i.name for i in images.held),
+        **fields,
+    )
+    if n_int8 == 0:
+        report.checks.append("no Conv/MatMul/Gemm was quantized")
+    return report
+
+
+def _stamp_and_save(
+    report: Int8Report,
+    quantized: onnx.ModelProto,
+    source: onnx.ModelProto,
+    metadata: dict[str, str],
+    output_path: Path,
+) -> None:
+    """Raise with the report when a check failed; else stamp the ``loda.int8`` record and write
+    the file (atomically)."""
+    from loda.artifacts import stamp_precision
+
+    if report.checks:
+        raise Int8Error("INT8 model failed: " + "; ".join(report.checks), report)
+    stamp_precision(quantized, source, metadata, "int8", report.to_dict())
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    report.size_bytes = write_bytes_atomic(output_path, quantized.SerializeToString())
+    report.path = output_path
+
+
 def quantize_onnx_int8(
     onnx_path: str | os.PathLike,
     output_path: str | os.PathLike,
@@ -903,7 +1038,6 @@ def quantize_onnx_int8(
     verify_images: str | os.PathLike | None = None,
     n_verify: int = DEFAULT_VERIFY_IMAGES,
     min_spearman: float = MIN_SPEARMAN,
-    log: Log | None = _log_stderr,
 ) -> Int8Report:
     """Quantize the FP32 LoDa graph at ``onnx_path`` to INT8 Q/DQ and write ``output_path``.
 
@@ -912,79 +1046,30 @@ def quantize_onnx_int8(
     :func:`select_images`). The steps: select images -> prepare the graph -> quantize -> check
     -> verify -> stamp metadata -> save. The file is written only when every check passes;
     failures raise :class:`Int8Error` (with the report as ``.report`` once there is one).
+    Progress goes to the ``loda.calib.int8`` logger.
     """
-    from loda.artifacts import INPUT_NAME, sha256_file, stamp_precision
+    from loda.artifacts import sha256_file
     from loda.metadata import CheckpointMeta
 
-    log = log or (lambda _m: None)
     start = time.perf_counter()
     onnx_path, output_path = Path(onnx_path), Path(output_path)
     _ort_quantization()
     _check_arguments(onnx_path, output_path, method, target, verify, n_verify)
-    spec = TARGETS[target]
-    # Images first: with none there is nothing to do (and never random data instead).
-    calib_source, calib, verify_source, held = select_images(
-        images,
-        dataset=dataset,
-        verify_images=verify_images,
-        n_calib=calib_images,
-        n_verify=n_verify,
-        verify=verify,
-        log=log,
-    )
-    check_not_an_input(output_path, [i.source for i in (*calib, *held)], "an image it reads")
+    chosen = _select(images, dataset, verify_images, calib_images, n_verify, verify, output_path)
     model, metadata = _read_fp32_model(onnx_path)
     cfg = CheckpointMeta.from_json(metadata["loda"]).preprocess
-
-    graph = _prepare_graph(model, spec)
-    reader = CropReader(calib, cfg, INPUT_NAME, log=log)
-    extra = {**spec.extra_options, "CalibStridedMinMax": 1}  # one image per call: bounded memory
-    if method == "percentile":
-        extra.setdefault("CalibPercentile", 99.999)
-    log(
-        f"quantizing {onnx_path} for {target} ({method} calibration on {len(calib)} images "
-        f"of {calib_source}; kept float: "
-        + ", ".join(f"{len(v)} {k}" for k, v in graph.kept_float.items())
-        + ")"
+    graph = _prepare_graph(model, TARGETS[target])
+    quantized, reader, extra, calib_seconds = _calibrate(
+        onnx_path, graph, chosen, cfg, TARGETS[target], method
     )
-    if graph.fused:
-        log("fused for ONNX Runtime: " + ", ".join(f"{n} {op}" for op, n in graph.fused.items()))
-    t0 = time.perf_counter()
-    quantized = _quantize(graph, reader, spec, method, extra)
-    calib_seconds = time.perf_counter() - t0
-
     int8_bytes = _check_int8_graph(quantized, cfg.crop_size)
-    share, n_int8 = int8_gemm_share(quantized, graph.flops)
-    report = Int8Report(
-        method=method,
-        target=target,
-        calib_source=calib_source,
-        calib_images=reader.n_done,
-        calib_crops=reader.n_crops,
-        int8_share=share,
-        n_int8_gemms=n_int8,
-        kept_float={k: len(v) for k, v in graph.kept_float.items()},
-        settings=_settings(spec, method, extra, graph.fused),
-        n_qdq=sum(
-            n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in quantized.graph.node
-        ),
-        source_sha256=sha256_file(onnx_path),
-        calib_seconds=calib_seconds,
-        min_spearman=min_spearman,
-        calib_names=tuple(i.name for i in calib),
-        verify_names=tuple(i.name for i in held) if verify else (),
-    )
-    if n_int8 == 0:
-        report.checks.append("no Conv/MatMul/Gemm was quantized")
+    report = _new_report(
+        quantized, graph, reader, extra, chosen, sha256_file(onnx_path),
+        method=method, target=target, calib_seconds=calib_seconds, min_spearman=min_spearman,
+    )  # fmt: skip
     if verify and not report.checks:
-        _verify(report, onnx_path, int8_bytes, held, cfg, verify_source, log)
+        _verify(report, onnx_path, int8_bytes, chosen.held, cfg, chosen.verify_source)
     report.seconds = time.perf_counter() - start
-    if report.checks:
-        raise Int8Error("INT8 model failed: " + "; ".join(report.checks), report)
-
-    stamp_precision(quantized, model, metadata, "int8", report.to_dict())
-    output_path.parent.mkdir(parents=True, exist_ok=True)
-    report.size_bytes = write_bytes_atomic(output_path, quantized.SerializeToString())
-    report.path = output_path
+    _stamp_and_save(report, quantized, model, metadata, output_path)
     report.seconds = time.perf_counter() - start
     return report

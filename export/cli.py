@@ -136,7 +136,6 @@ def onnx_command(
             verify=verify,
             images=images,
             verify_images=verify_images,
-            log=_echo,
         )
     except ParityError as exc:
         _echo(exc.report.table())
@@ -190,7 +189,7 @@ def verify_command(
 
     try:
         report = verify_onnx_against_checkpoint(
-            checkpoint, onnx_file, images=images, verify_images=verify_images, log=_echo
+            checkpoint, onnx_file, images=images, verify_images=verify_images
         )
     except ParityError as exc:
         _echo(exc.report.table())

@@ -38,10 +38,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -72,16 +72,17 @@ from loda.compare import (
     compare_scores,
     judge,
 )
-from loda.preprocess import PreprocessConfig
-from loda.sources import (
+from loda.data.images import (
     VerificationImages,
     load_verification_images,
 )
+from loda.preprocess import PreprocessConfig
 
 if TYPE_CHECKING:  # onnx and onnxruntime are imported where they are used
     import onnx
 
     from loda.calib.fp16 import Fp16Report
+    from loda.metadata import CheckpointMeta
     from loda.model import LoDa
 
 __all__ = [
@@ -122,16 +123,12 @@ DEFAULT_VERIFY_IMAGES = 16
 EXTRA_BATCH_SIZES = (1, 7)  # run in ONNX Runtime besides the per-image batch of crops
 MAX_ONNX_BYTES = 2**31  # protobuf's hard limit for one serialised message
 
-Log = Callable[[str], None]
+log = logging.getLogger(__name__)
 
 
 # The checkpoint cannot be exported, or the exported graph is not what it must be: the same
 # class as the torch-free graph checks raise (loda.artifacts), so one except catches both.
 ExportError = ArtifactError
-
-
-def _log_stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -361,7 +358,7 @@ def _export_proto(wrapper: Any, crop_size: int, opset: int) -> onnx.ModelProto:
     return program.model_proto
 
 
-def fold_shape_arithmetic(model: onnx.ModelProto, log: Log | None = None) -> onnx.ModelProto:
+def fold_shape_arithmetic(model: onnx.ModelProto) -> onnx.ModelProto:
     """The graph with the shape arithmetic torch.onnx leaves behind folded, by onnxslim.
 
     onnxslim folds constants and shape computations it can resolve symbolically, removes
@@ -394,11 +391,12 @@ def fold_shape_arithmetic(model: onnx.ModelProto, log: Log | None = None) -> onn
     # beside a float32 annotation): keep ONNX's standard inference instead.
     del folded.graph.value_info[:]
     folded = onnx.shape_inference.infer_shapes(folded)
-    if log:
-        log(
-            f"folded shape arithmetic with onnxslim {onnxslim.__version__}: "
-            f"{before} -> {len(folded.graph.node)} nodes"
-        )
+    log.info(
+        "folded shape arithmetic with onnxslim %s: %d -> %d nodes",
+        onnxslim.__version__,
+        before,
+        len(folded.graph.node),
+    )
     return folded
 
 
@@ -423,35 +421,8 @@ def _io_record(crop_size: int, precision: str) -> str:
     )
 
 
-def export_onnx(
-    checkpoint_path: str | os.PathLike,
-    output_path: str | os.PathLike,
-    *,
-    opset: int = DEFAULT_OPSET,
-    precision: str = "fp32",
-    verify: bool = True,
-    images: str | os.PathLike | None = None,
-    verify_images: int | None = None,
-    atol: float = PARITY_ATOL,
-    fold: bool = True,
-    log: Log | None = _log_stderr,
-) -> ExportReport:
-    """Export a LoDa checkpoint to one self-contained ONNX file.
-
-    ``fold`` (default on) folds the exporter's shape arithmetic (:func:`fold_shape_arithmetic`);
-    off only to measure what folding changes.
-
-    ``precision="fp16"`` exports FP32 first (verified against PyTorch when ``verify``), then
-    converts with :func:`loda.calib.fp16.convert_onnx_fp16` and checks FP16 against FP32 in ONNX
-    Runtime. ``verify_images`` defaults to :data:`DEFAULT_VERIFY_IMAGES` (FP32) or
-    :data:`loda.calib.fp16.DEFAULT_FP16_VERIFY_IMAGES` (FP16). The output file is written only
-    when every check passes; failures raise :class:`ExportError` / :class:`ParityError` /
-    :class:`loda.calib.fp16.Fp16Error`.
-    """
-    import onnx
-
-    log = log or (lambda _m: None)
-    start = time.perf_counter()
+def _images_to_verify(precision: str, opset: int, verify: bool, verify_images: int | None) -> int:
+    """Refuse a bad precision, opset or image count; the number of verification images."""
     if precision not in ("fp32", "fp16"):
         raise ExportError(f"precision must be fp32 or fp16, got {precision!r}")
     if not MIN_OPSET <= opset <= MAX_OPSET:
@@ -469,7 +440,11 @@ def export_onnx(
             f"FP16 verification needs at least {MIN_VERIFY_IMAGES} images, got {n} "
             "(--verify-images)"
         )
-    checkpoint_path, output_path = Path(checkpoint_path), Path(output_path)
+    return n
+
+
+def _load_for_export(checkpoint_path: Path, output_path: Path) -> tuple[LoDa, CheckpointMeta]:
+    """The checkpoint's model and metadata, once the paths and the model's size are fine."""
     _check_checkpoint(checkpoint_path)
     if output_path.is_dir():
         raise ExportError(f"output {output_path} is a directory; name a .onnx file")
@@ -479,24 +454,21 @@ def export_onnx(
     from loda.checkpoint import load_checkpoint
 
     model, meta = load_checkpoint(checkpoint_path)
-    wrapper = ExportWrapper(model, meta.preprocess).eval()
     n_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     if n_bytes >= MAX_ONNX_BYTES:
         raise ExportError(
             f"the model holds {n_bytes / 2**30:.2f} GiB of tensors; one ONNX file must stay under "
             "2 GiB (protobuf limit) and this exporter writes no external data files"
         )
-    crop_size = meta.preprocess.crop_size
+    return model, meta
 
-    t0 = time.perf_counter()
-    log(f"exporting {checkpoint_path} ({meta.model.name}) with torch.onnx.export(dynamo=True)")
-    proto = _export_proto(wrapper, crop_size, opset)
-    if fold:
-        proto = fold_shape_arithmetic(proto, log)
-    export_seconds = time.perf_counter() - t0
-    counts = check_exported_graph(
-        proto, crop_size=crop_size, expected_layernorms=_count_layernorms(model)
-    )
+
+def _stamp(proto: onnx.ModelProto, meta: CheckpointMeta, checkpoint_path: Path) -> dict[str, str]:
+    """Doc string and ``metadata_props`` (the LoDa record, provenance, precision, I/O) on the
+    FP32 graph, then ``onnx.checker``; returns the metadata."""
+    import onnx
+
+    crop_size = meta.preprocess.crop_size
     proto.doc_string = (
         f"LoDa {meta.model.name}: uint8 NHWC RGB crops -> per-crop quality score "
         "(higher is better); image score = mean over its crops"
@@ -513,20 +485,96 @@ def export_onnx(
         onnx.checker.check_model(proto, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         raise ExportError(f"exported graph fails onnx.checker: {exc}") from None
-    fp32_bytes = proto.SerializeToString()
-    if len(fp32_bytes) >= MAX_ONNX_BYTES:
-        raise ExportError(f"exported graph is {len(fp32_bytes) / 2**30:.2f} GiB, over 2 GiB")
+    return metadata
 
-    parity = None
-    vimages = None
+
+def _serialize(proto: onnx.ModelProto) -> bytes:
+    data = proto.SerializeToString()
+    if len(data) >= MAX_ONNX_BYTES:
+        raise ExportError(f"exported graph is {len(data) / 2**30:.2f} GiB, over 2 GiB")
+    return data
+
+
+def _verify_fp32(
+    wrapper: ExportWrapper,
+    fp32_bytes: bytes,
+    images: str | os.PathLike | None,
+    n_images: int,
+    preprocess: PreprocessConfig,
+    atol: float,
+) -> tuple[VerificationImages, OnnxParity]:
+    vimages = load_verification_images(images, n_images, preprocess, log=log.info)
+    log.info(
+        "verifying on %d crops of %d images (%s)",
+        vimages.n_crops,
+        len(vimages.names),
+        vimages.source,
+    )
+    return vimages, verify_onnx(wrapper, fp32_bytes, vimages, atol=atol)
+
+
+def _save_fp16(fp32_bytes: bytes, vimages: VerificationImages | None, report: ExportReport) -> None:
+    """Convert to FP16 (checked against FP32 when there are images) and save it."""
+    import onnx
+
+    from loda.calib.fp16 import convert_onnx_fp16
+
+    fp16_model, fp16_report = convert_onnx_fp16(
+        onnx.load_from_string(fp32_bytes), images=vimages, fp32_model=fp32_bytes, log=log.info
+    )
+    report.fp16 = fp16_report
+    report.metadata = read_onnx_metadata(fp16_model)
+    report.size_bytes = _save_bytes(fp16_model.SerializeToString(), report.path)
+
+
+def export_onnx(
+    checkpoint_path: str | os.PathLike,
+    output_path: str | os.PathLike,
+    *,
+    opset: int = DEFAULT_OPSET,
+    precision: str = "fp32",
+    verify: bool = True,
+    images: str | os.PathLike | None = None,
+    verify_images: int | None = None,
+    atol: float = PARITY_ATOL,
+    fold: bool = True,
+) -> ExportReport:
+    """Export a LoDa checkpoint to one self-contained ONNX file.
+
+    ``fold`` (default on) folds the exporter's shape arithmetic (:func:`fold_shape_arithmetic`);
+    off only to measure what folding changes.
+
+    ``precision="fp16"`` exports FP32 first (verified against PyTorch when ``verify``), then
+    converts with :func:`loda.calib.fp16.convert_onnx_fp16` and checks FP16 against FP32 in ONNX
+    Runtime. ``verify_images`` defaults to :data:`DEFAULT_VERIFY_IMAGES` (FP32) or
+    :data:`loda.calib.fp16.DEFAULT_FP16_VERIFY_IMAGES` (FP16). The output file is written only
+    when every check passes; failures raise :class:`ExportError` / :class:`ParityError` /
+    :class:`loda.calib.fp16.Fp16Error`. Progress goes to this module's logger.
+    """
+    start = time.perf_counter()
+    n_images = _images_to_verify(precision, opset, verify, verify_images)
+    checkpoint_path, output_path = Path(checkpoint_path), Path(output_path)
+    model, meta = _load_for_export(checkpoint_path, output_path)
+    wrapper = ExportWrapper(model, meta.preprocess).eval()
+    crop_size = meta.preprocess.crop_size
+
+    t0 = time.perf_counter()
+    log.info(
+        "exporting %s (%s) with torch.onnx.export(dynamo=True)", checkpoint_path, meta.model.name
+    )
+    proto = _export_proto(wrapper, crop_size, opset)
+    if fold:
+        proto = fold_shape_arithmetic(proto)
+    export_seconds = time.perf_counter() - t0
+    counts = check_exported_graph(
+        proto, crop_size=crop_size, expected_layernorms=_count_layernorms(model)
+    )
+    metadata = _stamp(proto, meta, checkpoint_path)
+    fp32_bytes = _serialize(proto)
+
+    parity = vimages = None
     if verify:
-        vimages = load_verification_images(images, n, meta.preprocess, log=log)
-        log(
-            f"verifying on {vimages.n_crops} crops of {len(vimages.names)} images "
-            f"({vimages.source})"
-        )
-        parity = verify_onnx(wrapper, fp32_bytes, vimages, atol=atol)
-
+        vimages, parity = _verify_fp32(wrapper, fp32_bytes, images, n_images, meta.preprocess, atol)
     report = ExportReport(
         path=output_path,
         precision=precision,
@@ -539,14 +587,7 @@ def export_onnx(
         parity=parity,
     )
     if precision == "fp16":
-        from loda.calib.fp16 import convert_onnx_fp16
-
-        fp16_model, fp16_report = convert_onnx_fp16(
-            onnx.load_from_string(fp32_bytes), images=vimages, fp32_model=fp32_bytes, log=log
-        )
-        report.fp16 = fp16_report
-        report.metadata = read_onnx_metadata(fp16_model)
-        report.size_bytes = _save_bytes(fp16_model.SerializeToString(), output_path)
+        _save_fp16(fp32_bytes, vimages, report)
     else:
         report.size_bytes = _save_bytes(fp32_bytes, output_path)
     report.total_seconds = time.perf_counter() - start
@@ -560,7 +601,6 @@ def verify_onnx_against_checkpoint(
     images: str | os.PathLike | None = None,
     verify_images: int = DEFAULT_VERIFY_IMAGES,
     atol: float = PARITY_ATOL,
-    log: Log | None = _log_stderr,
 ) -> OnnxParity:
     """Check an existing FP32 ONNX file against the checkpoint it was exported from."""
     import onnx
@@ -589,5 +629,5 @@ def verify_onnx_against_checkpoint(
     model, meta = load_checkpoint(checkpoint_path)
     check_exported_graph(proto, crop_size=meta.preprocess.crop_size)
     wrapper = ExportWrapper(model, meta.preprocess).eval()
-    vimages = load_verification_images(images, verify_images, meta.preprocess, log=log)
+    vimages = load_verification_images(images, verify_images, meta.preprocess, log=log.info)
     return verify_onnx(wrapper, str(onnx_path), vimages, atol=atol)

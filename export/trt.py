@@ -30,8 +30,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -49,7 +49,6 @@ from loda.trt_common import (
     TrtError,
     TrtUnavailable,
     compute_capability_enum,
-    cuda_check,
     engine_validity,
     flavor_of,
     gpu_properties,
@@ -92,16 +91,7 @@ MIN_TENSORRT = FLAVORS["tensorrt"].min_version
 DEFAULT_OPT_LEVEL = 3
 INSTALL_HINT = FLAVORS["tensorrt"].install_hint
 
-# Kept for callers of the names before loda.trt_common existed.
-_cuda_check = cuda_check
-_make_logger = make_logger
-_mismatch = mismatch
-
-Log = Callable[[str], None]
-
-
-def _log_stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------------------------
@@ -394,7 +384,6 @@ def _configure_flavor(
     *,
     compute_capabilities: tuple[str, ...] | None,
     timing_cache: Path | None,
-    log: Log,
 ) -> tuple[dict[str, Any], Callable[[], None]]:
     """What the flavors do differently: targets (RTX) or a timing cache (TensorRT).
 
@@ -416,9 +405,10 @@ def _configure_flavor(
         cache = config.create_timing_cache(blob)
         loaded = bool(config.set_timing_cache(cache, ignore_mismatch=False))
         if blob and not loaded:
-            log(
-                f"timing cache {timing_cache} does not match this GPU or TensorRT version; "
-                "building without its entries (it will be rewritten)"
+            log.warning(
+                "timing cache %s does not match this GPU or TensorRT version; "
+                "building without its entries (it will be rewritten)",
+                timing_cache,
             )
             cache = config.create_timing_cache(b"")
             config.set_timing_cache(cache, ignore_mismatch=False)
@@ -438,6 +428,216 @@ def _configure_flavor(
     return fields, save_cache
 
 
+@dataclass(frozen=True)
+class _Request:
+    """What :func:`build_engine` was asked for; :meth:`check` refuses it before TensorRT loads."""
+
+    onnx: Path
+    engine: Path
+    flavor: Flavor
+    compute_capabilities: tuple[str, ...]
+    profile: BatchProfile
+    workspace_gb: float | None
+    timing_cache: Path | None
+    opt_level: int
+
+    def check(self) -> None:
+        f = self.flavor
+        if not self.onnx.is_file():
+            raise TrtError(f"no ONNX file at {self.onnx}")
+        if self.engine.is_dir():
+            raise TrtError(f"output {self.engine} is a directory; name a .engine file")
+        if self.engine.resolve() == self.onnx.resolve():
+            raise TrtError(f"output {self.engine} would overwrite the ONNX file")
+        if not 0 <= self.opt_level <= 5:
+            raise TrtError(f"builder optimisation level must be 0..5, got {self.opt_level}")
+        if self.workspace_gb is not None and self.workspace_gb <= 0:
+            raise TrtError(f"workspace must be > 0 GB, got {self.workspace_gb}")
+        if self.timing_cache is not None and not f.timing_cache:
+            raise TrtError(
+                f"{f.label} builds take no timing cache (it would make the build query a GPU); "
+                "drop --timing-cache"
+            )
+        if self.compute_capabilities and not f.compute_capability_targets:
+            raise TrtError(
+                f"{f.label} builds for the GPU it runs on; --compute-capability is for --flavor rtx"
+            )
+
+    @property
+    def workspace_bytes(self) -> int | None:
+        return None if self.workspace_gb is None else int(self.workspace_gb * 2**30)
+
+    def target(self, gpu: dict[str, Any] | None) -> str:
+        """Where the plan will run, for the "building" line."""
+        if gpu:
+            return f"on {gpu['name']} (sm {gpu['compute_capability']})"
+        ccs = self.compute_capabilities
+        which = (
+            f"compute capabilities {','.join(ccs)}"
+            if ccs
+            else "TensorRT-RTX's default compute capabilities"
+        )
+        return f"for {which} (no GPU needed)"
+
+
+@dataclass(frozen=True)
+class _Network:
+    """A parsed network with its parser, which owns the weights: both live until the build."""
+
+    network: Any
+    parser: Any
+    stats: NetworkStats
+
+
+def _create_builder(trt: Any, f: Flavor, logger: Any) -> Any:
+    try:
+        return trt.Builder(logger)
+    except (RuntimeError, TypeError) as exc:  # pybind: "factory function returned nullptr"
+        detail = logger.errors[-1] if logger.errors else str(exc)
+        hint = f" ({GPU_HINT})" if f.build_needs_gpu else ""
+        raise TrtUnavailable(f"{f.label} cannot create a builder: {detail}{hint}") from None
+
+
+def _network_from_onnx(
+    trt: Any, builder: Any, logger: Any, req: _Request, precision: str, crop: int
+) -> _Network:
+    """Parse the ONNX file into a strongly typed network (no EXPLICIT_BATCH: strong typing is
+    required on 10.x and the only mode on 11.x and TensorRT-RTX) and summarise it."""
+    f = req.flavor
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    parser = trt.OnnxParser(network, logger)
+    log.info("parsing %s (%s) with %s %s", req.onnx, precision, f.label, trt.__version__)
+    logger.mute = True  # node errors are reported below, one line each
+    parsed = parser.parse_from_file(str(req.onnx))
+    logger.mute = False
+    if not parsed:
+        lines = _parser_errors(parser)
+        for line in lines:
+            log.error("parser: %s", line)
+        first = lines[0] if lines else (logger.errors[-1] if logger.errors else "unknown error")
+        raise TrtError(
+            f"{f.label} {trt.__version__} cannot parse {req.onnx}: {len(lines)} node error(s); "
+            f"first: {first}"
+        )
+    if network.num_inputs != 1 or network.get_input(0).name != INPUT_NAME:
+        names = [network.get_input(i).name for i in range(network.num_inputs)]
+        raise TrtError(f"parsed network has inputs {names}; expected ['{INPUT_NAME}']")
+    batch, *_ = network.get_input(0).shape
+    if batch != -1 and not req.profile.min == req.profile.max == batch:
+        raise TrtError(
+            f"{req.onnx} has a fixed batch of {batch}; --batch {req.profile} needs a "
+            "dynamic batch dimension (re-export with loda-export)"
+        )
+    stats = network_stats(trt, network, crop)
+    log.info("network: %d layers (%d with INT64 outputs)", stats.layers, stats.int64_layers)
+    log.info("GEMM precision (TensorRT network): %s", stats.describe())
+    return _Network(network, parser, stats)
+
+
+def _builder_config(
+    trt: Any, builder: Any, req: _Request, crop: int, tf32: bool
+) -> tuple[Any, dict[str, Any], Callable[[], None]]:
+    """The builder config: one profile on ``crops``, workspace, optimisation level, TF32 and
+    the flavor's part; with the flavor's sidecar fields and its after-build step."""
+    config = builder.create_builder_config()
+    opt_profile = builder.create_optimization_profile()
+    opt_profile.set_shape(INPUT_NAME, *req.profile.shapes(crop))
+    config.add_optimization_profile(opt_profile)
+    if req.workspace_bytes is not None:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, req.workspace_bytes)
+    config.builder_optimization_level = req.opt_level
+    if not tf32:
+        # TF32 is on by default; an FP32 graph is the parity reference: keep GEMMs in FP32.
+        config.clear_flag(trt.BuilderFlag.TF32)
+    fields, after_build = _configure_flavor(
+        req.flavor,
+        trt,
+        config,
+        compute_capabilities=req.compute_capabilities,
+        timing_cache=req.timing_cache,
+    )
+    return config, fields, after_build
+
+
+def _build_plan(
+    trt: Any,
+    builder: Any,
+    net: _Network,
+    config: Any,
+    logger: Any,
+    req: _Request,
+    gpu: dict[str, Any] | None,
+    tf32: bool,
+) -> tuple[bytes, float]:
+    """The serialised plan's bytes and the seconds the build took."""
+    f = req.flavor
+    log.info(
+        "building %s %s engine %s: batch %s, opt level %d, TF32 %s",
+        f.label,
+        trt.__version__,
+        req.target(gpu),
+        req.profile,
+        req.opt_level,
+        "on" if tf32 else "off",
+    )
+    t0 = time.perf_counter()
+    plan = builder.build_serialized_network(net.network, config)
+    seconds = time.perf_counter() - t0
+    if plan is None:
+        detail = logger.errors[-1] if logger.errors else f"no error message from {f.label}"
+        raise TrtError(f"{f.label} engine build failed: {detail}")
+    return bytes(plan), seconds
+
+
+def _sidecar(
+    req: _Request,
+    *,
+    trt_version: str,
+    gpu: dict[str, Any] | None,
+    plan: bytes,
+    meta: dict[str, str],
+    crop: int,
+    flavor_fields: dict[str, Any],
+    stats: NetworkStats,
+    onnx_sha: str,
+    build_seconds: float,
+) -> dict[str, Any]:
+    """The engine's provenance record (``<engine>.json``)."""
+    from loda.metadata import now_utc
+
+    precision = meta.get("loda.precision", "fp32")
+    profile = req.profile
+    return {
+        "format": SIDECAR_FORMAT,
+        "engine": req.engine.name,
+        "flavor": req.flavor.name,
+        "flavor_label": req.flavor.label,
+        "tensorrt_version": trt_version,
+        "plan_sha256": hashlib.sha256(plan).hexdigest(),
+        "plan_bytes": len(plan),
+        "gpu": gpu,
+        "precision": precision,
+        "tf32": precision != "fp32",
+        "strongly_typed": True,
+        "profile": {
+            "input": INPUT_NAME,
+            "batch": {"min": profile.min, "opt": profile.opt, "max": profile.max},
+            "shapes": dict(
+                zip(("min", "opt", "max"), map(list, profile.shapes(crop)), strict=True)
+            ),
+        },
+        "builder_optimization_level": req.opt_level,
+        "workspace_bytes": req.workspace_bytes,
+        **flavor_fields,
+        "network": stats.to_dict(),
+        "onnx": {"file": req.onnx.name, "sha256": onnx_sha},
+        "loda": json.loads(meta["loda"]),  # checked by _read_onnx_record
+        "loda_io": json.loads(meta["loda.io"]) if "loda.io" in meta else None,
+        "build_seconds": round(build_seconds, 3),
+        "built_at": now_utc(),
+    }
+
+
 def build_engine(
     onnx_path: str | os.PathLike,
     engine_path: str | os.PathLike,
@@ -448,7 +648,6 @@ def build_engine(
     workspace_gb: float | None = None,
     timing_cache: str | os.PathLike | None = None,
     opt_level: int = DEFAULT_OPT_LEVEL,
-    log: Log | None = _log_stderr,
 ) -> BuildReport:
     """Build a strongly typed engine of ``flavor`` (``rtx`` or ``tensorrt``) from a LoDa ONNX.
 
@@ -457,165 +656,62 @@ def build_engine(
     ``engine_path`` (the plan bytes) and its sidecar ``<engine>.json``. Raises
     :class:`TrtUnavailable` when the flavor (or, for ``tensorrt``, cuda-python or a GPU) is
     missing, :class:`TrtError` when the ONNX cannot be parsed (parser errors are logged one
-    node per line; nothing is written) or the build fails.
+    node per line; nothing is written) or the build fails. Progress goes to this module's
+    logger.
     """
-    log = log or (lambda _m: None)
     start = time.perf_counter()
-    f = flavor_of(flavor)
-    onnx_path, engine_path = Path(onnx_path), Path(engine_path)
-    if not onnx_path.is_file():
-        raise TrtError(f"no ONNX file at {onnx_path}")
-    if engine_path.is_dir():
-        raise TrtError(f"output {engine_path} is a directory; name a .engine file")
-    if engine_path.resolve() == onnx_path.resolve():
-        raise TrtError(f"output {engine_path} would overwrite the ONNX file")
-    if not 0 <= opt_level <= 5:
-        raise TrtError(f"builder optimisation level must be 0..5, got {opt_level}")
-    if workspace_gb is not None and workspace_gb <= 0:
-        raise TrtError(f"workspace must be > 0 GB, got {workspace_gb}")
-    if timing_cache is not None and not f.timing_cache:
-        raise TrtError(
-            f"{f.label} builds take no timing cache (it would make the build query a GPU); "
-            "drop --timing-cache"
-        )
-    if compute_capabilities and not f.compute_capability_targets:
-        raise TrtError(
-            f"{f.label} builds for the GPU it runs on; --compute-capability is for --flavor rtx"
-        )
-
+    req = _Request(
+        onnx=Path(onnx_path),
+        engine=Path(engine_path),
+        flavor=flavor_of(flavor),
+        compute_capabilities=tuple(compute_capabilities or ()),
+        profile=profile,
+        workspace_gb=workspace_gb,
+        timing_cache=None if timing_cache is None else Path(timing_cache),
+        opt_level=opt_level,
+    )
+    req.check()
+    f = req.flavor
     trt = import_tensorrt(f)
-    for cc in compute_capabilities or ():
+    for cc in req.compute_capabilities:
         compute_capability_enum(trt, cc)  # an unknown target fails before the parse
     gpu = gpu_properties(0) if f.build_needs_gpu else None
-
-    from loda.metadata import now_utc
-
-    meta, crop = _read_onnx_record(onnx_path)
+    meta, crop = _read_onnx_record(req.onnx)
+    onnx_sha = sha256_file(req.onnx)  # the file that is parsed
     precision = meta.get("loda.precision", "fp32")
-    onnx_sha = sha256_file(onnx_path)
-
-    logger = make_logger(trt, log)
-    try:
-        builder = trt.Builder(logger)
-    except (RuntimeError, TypeError) as exc:  # pybind: "factory function returned nullptr"
-        detail = logger.errors[-1] if logger.errors else str(exc)
-        hint = f" ({GPU_HINT})" if f.build_needs_gpu else ""
-        raise TrtUnavailable(f"{f.label} cannot create a builder: {detail}{hint}") from None
-    # Strong typing: required on 10.x, the only mode on 11.x and TensorRT-RTX. No EXPLICIT_BATCH.
-    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
-    parser = trt.OnnxParser(network, logger)
-    log(f"parsing {onnx_path} ({precision}) with {f.label} {trt.__version__}")
-    logger.mute = True  # node errors are reported below, one line each
-    parsed = parser.parse_from_file(str(onnx_path))
-    logger.mute = False
-    if not parsed:
-        lines = _parser_errors(parser)
-        for line in lines:
-            log(f"parser: {line}")
-        first = lines[0] if lines else (logger.errors[-1] if logger.errors else "unknown error")
-        raise TrtError(
-            f"{f.label} {trt.__version__} cannot parse {onnx_path}: {len(lines)} node error(s); "
-            f"first: {first}"
-        )
-    if network.num_inputs != 1 or network.get_input(0).name != INPUT_NAME:
-        names = [network.get_input(i).name for i in range(network.num_inputs)]
-        raise TrtError(f"parsed network has inputs {names}; expected ['{INPUT_NAME}']")
-    input_shape = tuple(network.get_input(0).shape)
-    if input_shape[0] != -1 and not profile.min == profile.max == input_shape[0]:
-        raise TrtError(
-            f"{onnx_path} has a fixed batch of {input_shape[0]}; --batch {profile} needs a "
-            "dynamic batch dimension (re-export with loda-export)"
-        )
-    stats = network_stats(trt, network, crop)
-    log(f"network: {stats.layers} layers ({stats.int64_layers} with INT64 outputs)")
-    log(f"GEMM precision (TensorRT network): {stats.describe()}")
-
-    config = builder.create_builder_config()
-    opt_profile = builder.create_optimization_profile()
-    opt_profile.set_shape(INPUT_NAME, *profile.shapes(crop))
-    config.add_optimization_profile(opt_profile)
-    if workspace_gb is not None:
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * 2**30))
-    config.builder_optimization_level = opt_level
     tf32 = precision != "fp32"
-    if not tf32:
-        # TF32 is on by default; an FP32 graph is the parity reference: keep GEMMs in FP32.
-        config.clear_flag(trt.BuilderFlag.TF32)
-    flavor_fields, after_build = _configure_flavor(
-        f,
-        trt,
-        config,
-        compute_capabilities=tuple(compute_capabilities or ()),
-        timing_cache=None if timing_cache is None else Path(timing_cache),
-        log=log,
-    )
-    where = (
-        f"on {gpu['name']} (sm {gpu['compute_capability']})"
-        if gpu
-        else "for "
-        + (
-            f"compute capabilities {','.join(compute_capabilities)}"
-            if compute_capabilities
-            else "TensorRT-RTX's default compute capabilities"
-        )
-        + " (no GPU needed)"
-    )
-    log(
-        f"building {f.label} {trt.__version__} engine {where}: batch {profile}, "
-        f"opt level {opt_level}, TF32 {'on' if tf32 else 'off'}"
-    )
-    t0 = time.perf_counter()
-    plan = builder.build_serialized_network(network, config)
-    build_seconds = time.perf_counter() - t0
-    if plan is None:
-        detail = logger.errors[-1] if logger.errors else f"no error message from {f.label}"
-        raise TrtError(f"{f.label} engine build failed: {detail}")
-    plan_bytes = bytes(plan)
-    del plan
+
+    logger = make_logger(trt, log.warning)
+    builder = _create_builder(trt, f, logger)
+    net = _network_from_onnx(trt, builder, logger, req, precision, crop)
+    config, flavor_fields, after_build = _builder_config(trt, builder, req, crop, tf32)
+    plan, build_seconds = _build_plan(trt, builder, net, config, logger, req, gpu, tf32)
     after_build()
 
-    engine_path.parent.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(engine_path, plan_bytes)  # the plan, untouched
-    loda_record = json.loads(meta["loda"])  # checked by _read_onnx_record
-    sidecar = {
-        "format": SIDECAR_FORMAT,
-        "engine": engine_path.name,
-        "flavor": f.name,
-        "flavor_label": f.label,
-        "tensorrt_version": trt.__version__,
-        "plan_sha256": hashlib.sha256(plan_bytes).hexdigest(),
-        "plan_bytes": len(plan_bytes),
-        "gpu": gpu,
-        "precision": precision,
-        "tf32": tf32,
-        "strongly_typed": True,
-        "profile": {
-            "input": INPUT_NAME,
-            "batch": {"min": profile.min, "opt": profile.opt, "max": profile.max},
-            "shapes": dict(
-                zip(("min", "opt", "max"), map(list, profile.shapes(crop)), strict=True)
-            ),
-        },
-        "builder_optimization_level": opt_level,
-        "workspace_bytes": None if workspace_gb is None else int(workspace_gb * 2**30),
-        **flavor_fields,
-        "network": stats.to_dict(),
-        "onnx": {"file": onnx_path.name, "sha256": onnx_sha},
-        "loda": loda_record,
-        "loda_io": json.loads(meta["loda.io"]) if "loda.io" in meta else None,
-        "build_seconds": round(build_seconds, 3),
-        "built_at": now_utc(),
-    }
-    side = sidecar_path(engine_path)
+    req.engine.parent.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(req.engine, plan)  # the plan, untouched
+    sidecar = _sidecar(
+        req,
+        trt_version=trt.__version__,
+        gpu=gpu,
+        plan=plan,
+        meta=meta,
+        crop=crop,
+        flavor_fields=flavor_fields,
+        stats=net.stats,
+        onnx_sha=onnx_sha,
+        build_seconds=build_seconds,
+    )
+    side = sidecar_path(req.engine)
     write_bytes_atomic(side, (json.dumps(sidecar, indent=2, sort_keys=True) + "\n").encode())
     return BuildReport(
-        engine_path=engine_path,
+        engine_path=req.engine,
         sidecar_path=side,
-        plan_bytes=len(plan_bytes),
+        plan_bytes=len(plan),
         build_seconds=build_seconds,
         total_seconds=time.perf_counter() - start,
         sidecar=sidecar,
-        network=stats,
+        network=net.stats,
         warnings=list(logger.warnings),
     )
 
@@ -654,9 +750,7 @@ def _engine_layers(trt: Any, engine: Any) -> int | None:
     return len(layers) if isinstance(layers, list) else None
 
 
-def inspect_engine(
-    engine_path: str | os.PathLike, *, log: Log | None = _log_stderr
-) -> dict[str, Any]:
+def inspect_engine(engine_path: str | os.PathLike) -> dict[str, Any]:
     """``{"engine", "plan_sha256", "sidecar", "io", "layers", "note"}`` for an engine file.
 
     ``io`` lists the I/O tensors (name, mode, dtype, shape, profile) and ``layers`` the engine's
@@ -664,7 +758,6 @@ def inspect_engine(
     are present; otherwise they are None and ``note`` says what is missing. A plan that cannot
     be deserialised raises :class:`TrtError` with the reason.
     """
-    log = log or (lambda _m: None)
     engine_path = Path(engine_path)
     if not engine_path.is_file():
         raise TrtError(f"no engine file at {engine_path}")
@@ -680,9 +773,11 @@ def inspect_engine(
         "note": None,
     }
     if sidecar is None:
-        log(f"no sidecar {sidecar_path(engine_path)}: the engine's provenance is unknown")
+        log.warning("no sidecar %s: the engine's provenance is unknown", sidecar_path(engine_path))
     elif sidecar.get("plan_sha256") not in (None, result["plan_sha256"]):
-        log(f"the sidecar {sidecar_path(engine_path)} describes another plan (sha256 differs)")
+        log.warning(
+            "the sidecar %s describes another plan (sha256 differs)", sidecar_path(engine_path)
+        )
     try:
         f = flavor_of(str((sidecar or {}).get("flavor", "tensorrt")))
     except TrtError as exc:

@@ -167,7 +167,6 @@ def build_command(
         workspace_gb=workspace_gb,
         timing_cache=timing_cache,
         opt_level=opt_level,
-        log=_echo,
     )
     side = report.sidecar
     where = (
@@ -196,7 +195,7 @@ def inspect_command(engine_file: Path) -> None:
     """
     from loda.export.trt import TrtUnavailable, inspect_engine
 
-    result = inspect_engine(engine_file, log=_echo)
+    result = inspect_engine(engine_file)
     click.echo(json.dumps(result, indent=2, sort_keys=True))
     side = result["sidecar"] or {}
     if side:

@@ -78,10 +78,14 @@ def _import_ort() -> Any:
 
 
 def ort_session(model: str | os.PathLike | bytes) -> Any:
-    """An ONNX Runtime CPU session with default options (the verification reference)."""
+    """An ONNX Runtime CPU session with default options (the verification reference); on CPUs
+    whose u8s8 integer kernels saturate, ONNX Runtime's exact ones (:mod:`loda.cpu_isa`)."""
+    from loda.cpu_isa import int8_session_config
+
     ort = _import_ort()
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: no fp16 "cast inserted" chatter
+    int8_session_config(options)
     source = model if isinstance(model, bytes) else str(model)
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 

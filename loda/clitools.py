@@ -32,12 +32,15 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (*USER_ERRORS, ImageDecodeError, MetricError)
 
 
-def configure_logging(level: int = logging.INFO) -> None:
+def configure_logging(level: int = logging.INFO, *, name: str = "loda", prefix: str = "") -> None:
     """Library modules log to ``logging.getLogger(__name__)``; a command shows those records on
-    stderr as plain lines (the message only), as the library's progress lines always looked."""
+    stderr as plain lines (the message only), as the library's progress lines always looked.
+
+    ``name`` and ``prefix``: the records of one logger (and its children) as ``prefix`` +
+    message instead, e.g. a job's progress lines under the command's name."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    root = logging.getLogger("loda")
+    handler.setFormatter(logging.Formatter(prefix.replace("%", "%%") + "%(message)s"))
+    root = logging.getLogger(name)
     root.handlers[:] = [handler]
     root.setLevel(level)
     root.propagate = False

@@ -36,6 +36,7 @@ import csv
 import dataclasses
 import io
 import json
+import logging
 import math
 import os
 import time
@@ -79,7 +80,7 @@ __all__ = [
     "tolerance_for",
 ]
 
-Log = Callable[[str], None]
+log = logging.getLogger(__name__)
 
 #: Fewest images accepted: SRCC/PLCC need 4 (pred, MOS) pairs (see :mod:`loda.metrics`).
 MIN_IMAGES = 4
@@ -114,6 +115,13 @@ def tolerance_for(
 # --------------------------------------------------------------------------------------------
 
 
+def _check_enough(n_images: int) -> None:
+    if n_images < MIN_IMAGES:
+        raise DatasetError(
+            f"parity needs at least {MIN_IMAGES} images with MOS (SRCC/PLCC), got {n_images}"
+        )
+
+
 def select_samples(
     dataset: Dataset,
     *,
@@ -143,10 +151,7 @@ def select_samples(
         if limit < len(chosen):
             chosen = tuple(chosen[i] for i in spread_indices(len(chosen), limit))
             what += f", {len(chosen)} spread evenly"
-    if len(chosen) < MIN_IMAGES:
-        raise DatasetError(
-            f"parity needs at least {MIN_IMAGES} images with MOS (SRCC/PLCC), got {len(chosen)}"
-        )
+    _check_enough(len(chosen))
     return chosen, what
 
 
@@ -283,6 +288,92 @@ def _open_artifact(path: Path, meta: CheckpointMeta, device: str) -> tuple[Backe
     return run, backend
 
 
+def _reference_device(device: str) -> str:
+    """The torch device of the reference for ``auto`` / ``cpu`` / ``cuda``."""
+    import torch
+
+    if device not in ("auto", "cpu", "cuda"):
+        raise LodaError(f"device must be auto, cpu or cuda, got {device!r}")
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise LodaError("--device cuda: torch sees no CUDA GPU here")
+    return device
+
+
+def _open_artifacts(
+    artifacts: Sequence[str | os.PathLike], meta: CheckpointMeta, device: str
+) -> tuple[list[BackendRun], list[tuple[_Timed, Any]]]:
+    """A run per artifact, and the timed backends of those that opened (to be closed)."""
+    runs: list[BackendRun] = []
+    opened: list[tuple[_Timed, Any]] = []
+    try:
+        for path in artifacts:
+            run, backend = _open_artifact(Path(path), meta, device)
+            runs.append(run)
+            if backend is not None:
+                opened.append((_Timed(run, backend.infer), backend))
+                log.info(
+                    "opened %s: %s %s on %s", run.artifact, run.backend, run.precision, run.device
+                )
+            else:
+                log.info("%s: %s (%s)", run.artifact, run.status, run.reason)
+    except BaseException:
+        for _, backend in opened:
+            backend.close()
+        raise
+    return runs, opened
+
+
+def _score_batch(crops: np.ndarray, ref: _Timed, opened: list[tuple[_Timed, Any]]) -> None:
+    """One batch of crops through the reference and every artifact still running."""
+    with _no_tf32():
+        ref(crops)
+    for timed, backend in opened:
+        if timed.run.status is not None:
+            continue
+        try:
+            timed(crops)
+        except Exception as exc:  # a corrupt artifact may fail in its runtime's code
+            what = (
+                first_line(exc)
+                if isinstance(exc, LodaError)
+                else one_line(exc, with_type=True, limit=300)
+            )
+            timed.run.status, timed.run.reason = "FAIL", f"inference failed: {what}"
+            backend.close()
+
+
+def _score_all(
+    samples: Sequence[Sample],
+    cfg: Any,
+    ref: _Timed,
+    opened: list[tuple[_Timed, Any]],
+    batch_crops: int,
+) -> None:
+    """Every image through the reference and the artifacts, ``batch_crops`` crops at a time."""
+    from .preprocess import preprocess_image
+
+    per_batch = max(1, batch_crops // cfg.num_crops)
+    n = len(samples)
+    log.info(
+        "scoring %d images x %d grid crops: reference torch fp32 on %s, %d artifact(s)",
+        n,
+        cfg.num_crops,
+        ref.run.device,
+        len(opened),
+    )
+    for start in range(0, n, per_batch):
+        crops = np.concatenate(
+            [preprocess_image(s.path, cfg) for s in samples[start : start + per_batch]]
+        )
+        _score_batch(crops, ref, opened)
+    ref.finish(n)
+    for timed, _ in opened:
+        if timed.run.status is None:
+            timed.finish(n)
+
+
 def run_parity(
     checkpoint: str | os.PathLike,
     samples: Sequence[Sample],
@@ -293,33 +384,22 @@ def run_parity(
     batch_crops: int = DEFAULT_BATCH_CROPS,
     data: str = "",
     tolerances: dict[str, Tolerance] = TOLERANCES,
-    log: Log | None = None,
 ) -> ParityReport:
     """Score ``samples`` with the checkpoint (reference) and each artifact; judge the artifacts.
 
     ``device``: ``auto`` / ``cpu`` / ``cuda`` for the reference and the backends that take one.
-    ``num_crops``: grid crops per image (default: the checkpoint's, 15).
+    ``num_crops``: grid crops per image (default: the checkpoint's, 15). Progress goes to this
+    module's logger.
     """
     import torch
 
     from .checkpoint import load_checkpoint
     from .inference import score_crops
-    from .preprocess import preprocess_image
 
-    log = log or (lambda _m: None)
-    if len(samples) < MIN_IMAGES:
-        raise DatasetError(
-            f"parity needs at least {MIN_IMAGES} images with MOS (SRCC/PLCC), got {len(samples)}"
-        )
+    _check_enough(len(samples))
     if batch_crops < 1:
         raise LodaError(f"batch size must be >= 1 crop, got {batch_crops}")
-    if device not in ("auto", "cpu", "cuda"):
-        raise LodaError(f"device must be auto, cpu or cuda, got {device!r}")
-    ref_device = device
-    if device == "auto":
-        ref_device = "cuda" if torch.cuda.is_available() else "cpu"
-    elif device == "cuda" and not torch.cuda.is_available():
-        raise LodaError("--device cuda: torch sees no CUDA GPU here")
+    ref_device = _reference_device(device)
     checkpoint = Path(checkpoint)
     model, meta = load_checkpoint(checkpoint, device=ref_device)
     cfg = dataclasses.replace(
@@ -333,49 +413,10 @@ def run_parity(
         size_mb=_size_mb(checkpoint),
         details={"torch": torch.__version__, "tf32": False},
     )
-
-    runs: list[BackendRun] = []
-    opened: list[tuple[_Timed, Any]] = []
+    runs, opened = _open_artifacts(artifacts, meta, device)
     try:
-        for path in artifacts:
-            run, backend = _open_artifact(Path(path), meta, device)
-            runs.append(run)
-            if backend is not None:
-                opened.append((_Timed(run, backend.infer), backend))
-                log(f"opened {run.artifact}: {run.backend} {run.precision} on {run.device}")
-            else:
-                log(f"{run.artifact}: {run.status} ({run.reason})")
-
         ref = _Timed(reference, lambda c: score_crops(model, c, cfg, batch_size=batch_crops))
-        per_batch = max(1, batch_crops // cfg.num_crops)
-        n = len(samples)
-        log(
-            f"scoring {n} images x {cfg.num_crops} grid crops: reference torch fp32 on "
-            f"{ref_device}, {len(opened)} artifact(s)"
-        )
-        for start in range(0, n, per_batch):
-            crops = np.concatenate(
-                [preprocess_image(s.path, cfg) for s in samples[start : start + per_batch]]
-            )
-            with _no_tf32():
-                ref(crops)
-            for timed, backend in opened:
-                if timed.run.status is not None:
-                    continue
-                try:
-                    timed(crops)
-                except Exception as exc:  # a corrupt artifact may fail in its runtime's code
-                    what = (
-                        first_line(exc)
-                        if isinstance(exc, LodaError)
-                        else one_line(exc, with_type=True, limit=300)
-                    )
-                    timed.run.status, timed.run.reason = "FAIL", f"inference failed: {what}"
-                    backend.close()
-        ref.finish(n)
-        for timed, _ in opened:
-            if timed.run.status is None:
-                timed.finish(n)
+        _score_all(samples, cfg, ref, opened, batch_crops)
     finally:
         for _, backend in opened:
             backend.close()

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import click
 
-from .clitools import run
+from .clitools import configure_logging, run
 from .parity import FORMATS, TOLERANCES
 
 __all__ = ["main", "parity_cmd"]
@@ -157,7 +157,6 @@ def parity_cmd(
         num_crops=crops,
         batch_crops=batch_crops,
         data=f"{dataset.name} ({what})",
-        log=lambda m: click.echo(f"loda-parity: {m}", err=True),
     )
     click.echo(report.format(fmt, per_image=per_image))
     failed = report.failed
@@ -168,6 +167,8 @@ def parity_cmd(
 
 
 def main() -> None:
+    # run_parity's progress lines carry the command's name, as its other lines do.
+    configure_logging(name="loda.parity", prefix="loda-parity: ")
     run(parity_cmd, prog_name="loda-parity")
 
 

@@ -2,7 +2,8 @@
 
 Importing this package never imports torch; only opening a ``.safetensors`` artifact with the
 ``torch`` backend does. Entry points: :class:`Scorer` (``Scorer.open(path)``), the backend
-contract :class:`Backend`, and the ``loda-score`` command (:mod:`loda.runtime.cli`).
+contract :class:`Backend`, the whole scoring run as a call (:mod:`loda.runtime.job`) and the
+``loda-score`` command that parses its options (:mod:`loda.runtime.cli`).
 """
 
 from .backend import ArtifactInfo, Backend, BackendError, BackendUnavailable

@@ -2,7 +2,7 @@
 
 Every backend (ONNX Runtime, TensorRT, the PyTorch reference) implements :class:`Backend`;
 ``abc`` refuses to instantiate one that misses a method, and one conformance test
-(``tests/test_runtime_backends.py``) runs the same checks against each of them.
+(``tests/runtime/test_runtime_backends.py``) runs the same checks against each of them.
 
 The contract:
 

@@ -530,7 +530,19 @@ def _decompressed(f: io.BufferedReader) -> tuple[Any, int | None]:
         return bz2.BZ2File(f), None
     if head.startswith(b"\xfd7zXZ\x00"):
         return lzma.LZMAFile(f), None
-    return f, os.fstat(f.fileno()).st_size
+    return f, _file_size(f)
+
+
+def _file_size(f: Any) -> int:
+    """The size of an open archive: ``fstat`` for an OS file, else the end of a seekable file
+    (an object-store file of ``loda.runtime.ray_fs``)."""
+    try:
+        return os.fstat(f.fileno()).st_size
+    except io.UnsupportedOperation:
+        pos = f.tell()
+        size = f.seek(0, io.SEEK_END)
+        f.seek(pos)
+        return size
 
 
 # -- zip local headers ---------------------------------------------------------------------------
@@ -790,6 +802,10 @@ class _Enumerator:
         except OSError as exc:
             yield from self._emit(InputItem(path, error=_stat_error(path, exc)))
             return
+        yield from self._archive_items(path, f)
+
+    def _archive_items(self, path: str, f: Any) -> Iterator[InputItem]:
+        """The members of the open archive ``f`` (closed at the end), one item at a time."""
         with f:
             if path.lower().endswith(".zip"):
                 members = self._zip_members(path, f)
@@ -979,7 +995,7 @@ class _Enumerator:
                 raise zipfile.BadZipFile(f"Bad CRC-32 for file {member.name!r}")
             return data
 
-        size_end = os.fstat(f.fileno()).st_size
+        size_end = _file_size(f)
         if end > size_end:
             raise EOFError(f"member {member.name!r} ends past the end of the file")
         try:

@@ -9,17 +9,24 @@ Device selection (``device=``): ``"cpu"`` uses ``CPUExecutionProvider``; ``"cuda
 otherwise; ``"auto"`` (default) takes CUDA when ONNX Runtime offers it and CPU otherwise. On
 CUDA the crops are copied into an ``OrtValue`` on the device and bound with ``io_binding`` so
 ONNX Runtime does not stage them itself; the scores come back with ``copy_outputs_to_cpu``.
+
+INT8 graphs: on CPUs whose u8s8 integer kernels saturate (x86 without VNNI/AMX), sessions use
+ONNX Runtime's exact u8u8 kernels (:func:`loda.cpu_isa.int8_session_config`). An INT8 graph
+records the CPU class it was verified on (``loda.int8`` -> ``verification.cpu``); opening it on
+a CPU of another class logs one warning line per graph and process.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from loda.cpu_isa import current_isa, int8_session_config
 from loda.errors import one_line
 
 from .backend import (
@@ -31,7 +38,10 @@ from .backend import (
     meta_from_json,
 )
 
-__all__ = ["INSTALL_HINT", "OnnxRuntimeBackend"]
+__all__ = ["INSTALL_HINT", "OnnxRuntimeBackend", "isa_warning"]
+
+log = logging.getLogger(__name__)
+_WARNED: set[tuple[str, str]] = set()  # (graph path, warning) already logged in this process
 
 INSTALL_HINT = "pip install 'loda[cpu]' (onnxruntime) or 'loda[gpu]' (onnxruntime-gpu)"
 _DEVICES = ("auto", "cpu", "cuda")
@@ -81,6 +91,7 @@ class OnnxRuntimeBackend(Backend):
             )
         options = ort.SessionOptions()
         options.log_severity_level = 3
+        int8_session_config(options)  # exact integer kernels where u8s8 ones saturate
         if threads is not None:
             if threads < 1:
                 raise BackendError(f"threads must be >= 1, got {threads}")
@@ -104,10 +115,13 @@ class OnnxRuntimeBackend(Backend):
         for key in ("loda.source_sha256", "loda.int8", "loda.fp16"):
             if key in custom:
                 details[key.removeprefix("loda.")] = _maybe_json(custom[key])
+        precision = custom.get("loda.precision", "fp32")
+        if precision == "int8" and not cuda:
+            _warn_once(path, isa_warning(details.get("int8")))
         info = ArtifactInfo(
             path=path,
             meta=meta,
-            precision=custom.get("loda.precision", "fp32"),
+            precision=precision,
             device=f"cuda:{device_id}" if cuda else "cpu",
             details=details,
         )
@@ -143,6 +157,37 @@ class OnnxRuntimeBackend(Backend):
 
     def _close(self) -> None:
         self._session = None
+
+
+def isa_warning(record: Any, isa: Any = None) -> str | None:
+    """Why an INT8 graph's verification may not hold on this CPU (``isa``: a
+    :class:`loda.cpu_isa.CpuIsa`, default this one), or None when it was verified on this class.
+
+    ``record`` is the graph's ``loda.int8`` record (parsed JSON)."""
+    isa = isa or current_isa()
+    verification = record.get("verification") if isinstance(record, dict) else None
+    cpu = verification.get("cpu") if isinstance(verification, dict) else None
+    here = f"{isa.model or isa.machine} ({isa.int8_class})"
+    if not isinstance(cpu, dict) or not cpu.get("int8_class"):
+        return (
+            f"INT8 graph without a record of the CPU it was verified on, running on {here}: "
+            "its accuracy is unchecked here (re-run loda-calib int8 on this machine to verify it)"
+        )
+    if cpu["int8_class"] == isa.int8_class:
+        return None
+    exact = " (ONNX Runtime's exact u8u8 kernels are on)" if isa.saturating else ""
+    return (
+        f"INT8 graph verified on {cpu.get('cpu') or cpu.get('machine')} ({cpu['int8_class']}), "
+        f"running on {here}{exact}: its scores may differ from the verified ones "
+        "(re-run loda-calib int8 on this machine to verify it)"
+    )
+
+
+def _warn_once(path: Path, message: str | None) -> None:
+    key = (str(path.resolve()), message or "")
+    if message and key not in _WARNED:
+        _WARNED.add(key)
+        log.warning(f"warning: {path.name}: {message}")
 
 
 def _maybe_json(text: str) -> Any:

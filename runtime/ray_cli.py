@@ -12,24 +12,37 @@ import os
 import click
 
 from loda.errors import first_line
-from loda.preprocess import DEFAULT_MAX_PIXELS, LAYOUTS
+
+from .cli import EXIT_FAILED, EXIT_OK
+from .options import (
+    batch_size_option,
+    command,
+    crops_option,
+    device_option,
+    inputs_argument,
+    layout_option,
+    max_member_bytes_option,
+    max_pixels_option,
+    model_option,
+    seed_option,
+    settings_as_usage_errors,
+    threads_option,
+)
 
 __all__ = ["main", "score_ray_command"]
 
-from .cli import EXIT_FAILED, EXIT_OK
 
-
-@click.command(
-    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+@command(
     epilog=(
-        "INPUT: as loda-score (image files, directories, .tar/.tar.gz/.zip archives, @list.txt); "
+        "INPUT: as loda-score (image files, directories, .tar/.tar.gz/.zip archives, @list.txt), "
+        "local or as URIs of any filesystem pyarrow reads (s3://, gs://, file://, ...); "
         "each archive is read by its own task, so WebDataset-style shards are read in parallel. "
         "OUTPUT is a folder of part files with loda-score's columns and a _SUCCESS marker "
         "written last (docs/ray.md)."
     ),
 )
-@click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
-@click.option("-m", "--model", required=True, help="Artifact: .onnx, .engine or .safetensors.")
+@inputs_argument
+@model_option
 @click.option("-o", "--output", required=True, help="Output folder (created).")
 @click.option(
     "--format",
@@ -40,29 +53,16 @@ from .cli import EXIT_FAILED, EXIT_OK
     help="Part file format.",
 )
 @click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt", "torch"]), default=None)
-@click.option(
-    "--device", default="auto", show_default=True, help="auto, cpu or cuda (backend-dependent)."
-)
-@click.option("--threads", type=click.IntRange(1, 256), default=None, help="Inference threads.")
-@click.option("--crops", type=click.IntRange(1, 1000), default=None, help="Crops per image.")
-@click.option("--layout", type=click.Choice(LAYOUTS), default=None, help="Crop layout (grid).")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
-@click.option(
-    "--batch-size",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Crops per inference call (default: the artifact's profile, else 60).",
-)
+@device_option
+@threads_option
+@crops_option
+@layout_option
+@seed_option
+@batch_size_option
 @click.option("--resume", is_flag=True, help="Skip inputs already in OUTPUT; score the rest.")
 @click.option("--overwrite", is_flag=True, help="Delete the part files already in OUTPUT.")
-@click.option(
-    "--max-pixels",
-    type=click.IntRange(min=0),
-    default=DEFAULT_MAX_PIXELS,
-    show_default=True,
-    help="Refuse images over this many pixels; 0: no limit.",
-)
-@click.option("--max-member-bytes", type=click.IntRange(min=1), default=None)
+@max_pixels_option
+@max_member_bytes_option
 @click.option(
     "--ray-address",
     default=None,
@@ -131,15 +131,17 @@ def score_ray_command(
     no_progress: bool,
 ) -> int:
     """Score images with a LoDa model on Ray Data; one row per input, in a folder of parts."""
-    from .inputs import InputError, check_specs
+    from .inputs import InputError
+    from .job import check_resume, skipped_lines
+    from .ray_fs import UriFiles, check_inputs
     from .ray_job import RayScoreOptions, init_ray, score_to_directory
 
-    if resume and overwrite:
-        raise click.UsageError("--resume and --overwrite exclude each other")
-    if "-" in inputs:
-        raise click.UsageError("loda-score-ray does not read paths from stdin; use @FILE")
-    try:
-        check_specs(list(inputs))
+    with settings_as_usage_errors():
+        check_resume(resume, overwrite)
+        if "-" in inputs:
+            raise click.UsageError("loda-score-ray does not read paths from stdin; use @FILE")
+    try:  # local paths and URIs (s3://, gs://, file://, ...: docs/ray.md)
+        check_inputs(inputs, UriFiles())
     except InputError as exc:
         raise click.UsageError(first_line(exc)) from None
     out = os.path.abspath(output)
@@ -175,11 +177,8 @@ def score_ray_command(
             import ray
 
             ray.shutdown()
-    _stderr(stats.summary(output))
-    for source, reason in stats.skipped[:20]:
-        _stderr(f"  skipped {source}: {reason}")
-    if len(stats.skipped) > 20:
-        _stderr(f"  ... and {len(stats.skipped) - 20} more skipped")
+    for line in [stats.summary(output), *skipped_lines(stats.skipped)]:
+        _stderr(line)
     return EXIT_FAILED if stats.failed or stats.resumed_failed else EXIT_OK
 
 

@@ -33,9 +33,11 @@ TensorRT-RTX. ``cuda_graph=True`` sets the whole-graph CUDA-graph capture strate
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
+import logging
 import os
-import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -63,6 +65,8 @@ from .backend import ArtifactInfo, Backend, BackendError, BackendUnavailable, ch
 
 __all__ = ["TensorRTBackend", "TensorRTRtxBackend", "runtime_cache_path"]
 
+log = logging.getLogger(__name__)
+
 
 def _native_handle(obj: Any) -> int:
     """The integer handle of a cuda-python object (``int(obj)`` is deprecated in bindings 13)."""
@@ -79,6 +83,91 @@ def runtime_cache_path(engine: Path, cache_dir: str | os.PathLike | None, plan: 
         return engine.with_name(engine.name + ".rtcache")
     digest = hashlib.sha256(plan).hexdigest()[:16]
     return Path(cache_dir) / f"{engine.name}.{digest}.rtcache"
+
+
+def _sidecar(path: Path, flavor: Any) -> dict[str, Any]:
+    """The engine's sidecar; none at all: first a missing TensorRT, else the plain error."""
+    try:
+        sidecar = read_sidecar(path)
+    except TrtError as exc:
+        raise BackendError(str(exc)) from None
+    if sidecar is not None:
+        return sidecar
+    try:  # a missing TensorRT is what the user must fix first
+        import_tensorrt(flavor)
+    except TrtUnavailable as exc:
+        raise BackendUnavailable(str(exc)) from None
+    raise BackendError(
+        f"{path} has no sidecar {sidecar_path(path).name}: the engine's preprocessing is "
+        "unknown; build engines with loda-trt build, which writes it"
+    )
+
+
+def _sidecar_meta(path: Path, sidecar: dict[str, Any]) -> CheckpointMeta:
+    """The LoDa record (preprocessing, calibration) the sidecar carries."""
+    record = sidecar.get("loda")
+    if not isinstance(record, dict):
+        raise BackendError(f"{sidecar_path(path)} carries no LoDa metadata record")
+    try:
+        return CheckpointMeta.from_dict(record)
+    except LodaError as exc:
+        raise BackendError(f"{sidecar_path(path)}: {exc}") from None
+
+
+def _cuda_call(cudart: Any, result: Any, what: str) -> Any:
+    """The value of a cuda-python call; a CUDA error is a BackendError naming the call."""
+    try:
+        return cuda_check(cudart, result, what)
+    except TrtUnavailable as exc:
+        raise BackendError(str(exc)) from None
+
+
+def _io_tensors(trt: Any, engine: Any, path: Path) -> dict[str, Any]:
+    """The engine's one uint8 input and one output, its batch profile and the score dtype."""
+    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+    inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+    outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise BackendError(f"{path}: expected 1 input and 1 output, got {inputs} / {outputs}")
+    inp, out = inputs[0], outputs[0]
+    if trt.nptype(engine.get_tensor_dtype(inp)) != np.uint8:
+        raise BackendError(f"{path}: input {inp} is not uint8 (re-export with loda-export)")
+    lo, opt, hi = engine.get_tensor_profile_shape(inp, 0)
+    return {
+        "input": inp,
+        "output": out,
+        "profile": [int(lo[0]), int(opt[0]), int(hi[0])],
+        "max_batch": int(hi[0]),
+        "out_dtype": np.dtype(trt.nptype(engine.get_tensor_dtype(out))),
+    }
+
+
+def _buffers(
+    cudart: Any, check: Callable[[Any, str], Any], max_batch: int, crop: int, out_dtype: np.dtype
+) -> dict[str, Any]:
+    """One stream; pinned host and device buffers for ``max_batch`` uint8 crops and scores."""
+    in_bytes = max_batch * crop * crop * 3
+    out_bytes = max_batch * out_dtype.itemsize
+    stream = check(cudart.cudaStreamCreate(), "cudaStreamCreate")
+    h_in = check(cudart.cudaMallocHost(in_bytes), "cudaMallocHost")
+    h_out = check(cudart.cudaMallocHost(out_bytes), "cudaMallocHost")
+    d_in = check(cudart.cudaMalloc(in_bytes), "cudaMalloc")
+    d_out = check(cudart.cudaMalloc(out_bytes), "cudaMalloc")
+    host_in = np.ctypeslib.as_array((ctypes.c_uint8 * in_bytes).from_address(int(h_in))).reshape(
+        max_batch, crop, crop, 3
+    )
+    host_out = np.ctypeslib.as_array((ctypes.c_uint8 * out_bytes).from_address(int(h_out))).view(
+        out_dtype
+    )
+    return {
+        "stream": stream,
+        "h_in": h_in,
+        "h_out": h_out,
+        "d_in": d_in,
+        "d_out": d_out,
+        "host_in": host_in,
+        "host_out": host_out,
+    }
 
 
 class _EngineBackend(Backend):
@@ -120,19 +209,7 @@ class _EngineBackend(Backend):
     def open(cls, path: str | os.PathLike, *, device_id: int = 0, **options: Any) -> _EngineBackend:
         flavor = FLAVORS[cls.flavor]
         path = check_file(path, f"{flavor.label} engine")
-        try:
-            sidecar = read_sidecar(path)
-        except TrtError as exc:
-            raise BackendError(str(exc)) from None
-        if sidecar is None:
-            try:  # a missing TensorRT is what the user must fix first
-                import_tensorrt(flavor)
-            except TrtUnavailable as exc:
-                raise BackendUnavailable(str(exc)) from None
-            raise BackendError(
-                f"{path} has no sidecar {sidecar_path(path).name}: the engine's preprocessing is "
-                "unknown; build engines with loda-trt build, which writes it"
-            )
+        sidecar = _sidecar(path, flavor)
         built = sidecar.get("flavor", "tensorrt")
         if built != flavor.name:
             other = {"rtx": TensorRTRtxBackend, "tensorrt": TensorRTBackend}.get(built)
@@ -140,13 +217,7 @@ class _EngineBackend(Backend):
                 raise BackendError(f"{sidecar_path(path)}: unknown engine flavor {built!r}")
             # The suffix says "engine", the sidecar says which TensorRT built it.
             return other.open(path, device_id=device_id, **options)
-        record = sidecar.get("loda")
-        if not isinstance(record, dict):
-            raise BackendError(f"{sidecar_path(path)} carries no LoDa metadata record")
-        try:
-            meta = CheckpointMeta.from_dict(record)
-        except LodaError as exc:
-            raise BackendError(f"{sidecar_path(path)}: {exc}") from None
+        meta = _sidecar_meta(path, sidecar)
         plan = path.read_bytes()
         try:
             trt = import_tensorrt(flavor)
@@ -156,13 +227,7 @@ class _EngineBackend(Backend):
         except TrtUnavailable as exc:
             raise BackendUnavailable(str(exc)) from None
         details = cls._check(trt, path, plan, sidecar, gpu)
-
-        def check(result: Any, what: str) -> Any:
-            try:
-                return cuda_check(cudart, result, what)
-            except TrtUnavailable as exc:
-                raise BackendError(str(exc)) from None
-
+        check = functools.partial(_cuda_call, cudart)
         check(cudart.cudaSetDevice(device_id), "cudaSetDevice")
         logger = make_logger(trt, lambda _m: None)
         runtime = trt.Runtime(logger)
@@ -170,36 +235,14 @@ class _EngineBackend(Backend):
         if engine is None:
             detail = logger.errors[-1] if logger.errors else f"no message from {flavor.label}"
             raise BackendError(f"{flavor.label} cannot load {path}: {detail}")
-        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
-        inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-        if len(inputs) != 1 or len(outputs) != 1:
-            raise BackendError(f"{path}: expected 1 input and 1 output, got {inputs} / {outputs}")
-        inp, out = inputs[0], outputs[0]
-        crop = meta.preprocess.crop_size
-        if trt.nptype(engine.get_tensor_dtype(inp)) != np.uint8:
-            raise BackendError(f"{path}: input {inp} is not uint8 (re-export with loda-export)")
-        lo, _opt, hi = engine.get_tensor_profile_shape(inp, 0)
-        min_batch, max_batch = int(lo[0]), int(hi[0])
-        out_dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(out)))
+        io = _io_tensors(trt, engine, path)
         context, extra = cls._context(trt, engine, path, plan, options)
         details.update(extra.pop("details", {}))
         if context is None:
             detail = logger.errors[-1] if logger.errors else "no message"
             raise BackendError(f"{flavor.label} cannot create an execution context: {detail}")
-        in_bytes = max_batch * crop * crop * 3
-        out_bytes = max_batch * out_dtype.itemsize
-        stream = check(cudart.cudaStreamCreate(), "cudaStreamCreate")
-        h_in = check(cudart.cudaMallocHost(in_bytes), "cudaMallocHost")
-        h_out = check(cudart.cudaMallocHost(out_bytes), "cudaMallocHost")
-        d_in = check(cudart.cudaMalloc(in_bytes), "cudaMalloc")
-        d_out = check(cudart.cudaMalloc(out_bytes), "cudaMalloc")
-        host_in = np.ctypeslib.as_array(
-            (ctypes.c_uint8 * in_bytes).from_address(int(h_in))
-        ).reshape(max_batch, crop, crop, 3)
-        host_out = np.ctypeslib.as_array(
-            (ctypes.c_uint8 * out_bytes).from_address(int(h_out))
-        ).view(out_dtype)
+        crop = meta.preprocess.crop_size
+        buffers = _buffers(cudart, check, io["max_batch"], crop, io["out_dtype"])
         parts = {
             "trt": trt,
             "cudart": cudart,
@@ -207,16 +250,10 @@ class _EngineBackend(Backend):
             "runtime": runtime,
             "engine": engine,
             "context": context,
-            "input": inp,
-            "output": out,
-            "min_batch": min_batch,
-            "stream": stream,
-            "h_in": h_in,
-            "h_out": h_out,
-            "d_in": d_in,
-            "d_out": d_out,
-            "host_in": host_in,
-            "host_out": host_out,
+            "input": io["input"],
+            "output": io["output"],
+            "min_batch": io["profile"][0],
+            **buffers,
             **extra,
         }
         info = ArtifactInfo(
@@ -229,11 +266,11 @@ class _EngineBackend(Backend):
                 "tensorrt": trt.__version__,
                 "gpu": gpu["name"],
                 "compute_capability": gpu["compute_capability"],
-                "profile": [min_batch, int(_opt[0]), max_batch],
+                "profile": io["profile"],
                 **details,
             },
         )
-        return cls(info, parts, max_batch)
+        return cls(info, parts, io["max_batch"])
 
     def _infer(self, crops: np.ndarray) -> np.ndarray:
         p = self._p
@@ -326,11 +363,9 @@ class TensorRTRtxBackend(_EngineBackend):
                 "(--compute-capability for this GPU)"
             )
         if verdict == "SUBOPTIMAL":
-            print(
+            log.warning(
                 f"loda: warning: TensorRT-RTX engine {path} runs here but may be slow: "
-                f"{reason or 'suboptimal for this system'}",
-                file=sys.stderr,
-                flush=True,
+                f"{reason or 'suboptimal for this system'}"
             )
 
     @classmethod
@@ -376,8 +411,4 @@ class TensorRTRtxBackend(_EngineBackend):
                 path.parent.mkdir(parents=True, exist_ok=True)
                 write_bytes_atomic(path, blob)
         except (OSError, RuntimeError) as exc:  # a read-only folder costs only the next JIT
-            print(
-                f"loda: warning: TensorRT-RTX runtime cache not saved to {path}: {exc}",
-                file=sys.stderr,
-                flush=True,
-            )
+            log.warning(f"loda: warning: TensorRT-RTX runtime cache not saved to {path}: {exc}")

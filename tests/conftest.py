@@ -62,3 +62,11 @@ def run_bench(script: str, *args) -> subprocess.CompletedProcess:
         check=False,
         cwd=ROOT,
     )
+
+
+@pytest.fixture(scope="session")
+def micro(tmp_path_factory):
+    """A loda_micro checkpoint and its verified FP32 ONNX export (tests/micro.py), made once."""
+    from micro import micro_export
+
+    return micro_export(tmp_path_factory)

@@ -96,7 +96,7 @@ def _graphs(torch: Any, spec: dict[str, Any], work: Path, result: dict[str, Any]
     fold = module_available("onnxslim")
     t = time.perf_counter()
     onnx_path = work / "model.onnx"
-    export_onnx(checkpoint, onnx_path, verify=False, fold=fold, log=None)
+    export_onnx(checkpoint, onnx_path, verify=False, fold=fold)
     result["exporter"] = "loda.export.onnx.export_onnx" + ("" if fold else " (onnxslim missing)")
     result["export_s"] = r(time.perf_counter() - t, 2)
     graphs = {"fp32": onnx_path}
@@ -125,7 +125,7 @@ def _engine(
     engine_path = path.with_suffix(".engine")
     t = time.perf_counter()
     rep = build_engine(
-        path, engine_path, flavor="tensorrt", profile=profile, opt_level=spec["opt_level"], log=None
+        path, engine_path, flavor="tensorrt", profile=profile, opt_level=spec["opt_level"]
     )
     entry: dict[str, Any] = {
         "builder": "loda.export.trt.build_engine",

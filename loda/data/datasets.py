@@ -41,7 +41,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -246,6 +246,32 @@ def _read_csv(label: str, path: Path) -> tuple[list[str], list[tuple[int, list[s
     return header, rows[1:]
 
 
+def _records(
+    label: str,
+    filename: str,
+    header: Sequence[Any],
+    rows: Iterable[tuple[int, Sequence[Any]]],
+    *,
+    names: Sequence[str],
+    score: str,
+    unit: str = "line",
+) -> Iterator[tuple[str, list[str], float]]:
+    """Each row as (where, the non-empty texts of the ``names`` columns, the ``score`` number);
+    the columns are found by name in ``header``."""
+    i_names = [_column(label, filename, header, c) for c in names]
+    i_score = _column(label, filename, header, score)
+    for line, row in rows:
+        where = f"{filename} {unit} {line}"
+        texts = []
+        for i, column in zip(i_names, names, strict=True):
+            cell = _cell(label, where, row, i, column)
+            text = "" if cell is None else str(cell).strip()
+            if not text:
+                raise DatasetError(f"{label}: {where}: empty {column!r}")
+            texts.append(text)
+        yield where, texts, _number(label, where, score, _cell(label, where, row, i_score, score))
+
+
 def _column(label: str, filename: str, header: Sequence[Any], wanted: str) -> int:
     """Index of column ``wanted``: exact match first, else a unique case-insensitive one."""
     cells = ["" if h is None else str(h).strip() for h in header]
@@ -416,17 +442,12 @@ def read_koniq10k(root: str | os.PathLike[str], *, image_dir: str | None = None)
     images = _require_dir(label, base / image_dir)
 
     header, rows = _read_csv(label, table)
-    i_name = _column(label, table.name, header, "image_name")
-    i_mos = _column(label, table.name, header, "MOS")
-    samples = []
-    for line, row in rows:
-        where = f"{table.name} line {line}"
-        fname = str(_cell(label, where, row, i_name, "image_name")).strip()
-        if not fname:
-            raise DatasetError(f"{label}: {where}: empty 'image_name'")
-        mos = _number(label, where, "MOS", _cell(label, where, row, i_mos, "MOS"))
-        path = images / fname
-        samples.append(Sample(path=path, mos=mos, ref=None, name=_name(base, path)))
+    samples = [
+        Sample(path=images / fname, mos=mos, ref=None, name=_name(base, images / fname))
+        for _, (fname,), mos in _records(
+            label, table.name, header, rows, names=["image_name"], score="MOS"
+        )
+    ]
     return _finish(
         label,
         table.name,
@@ -457,19 +478,12 @@ def read_kadid10k(root: str | os.PathLike[str]) -> Dataset:
     table = _require_file(label, base / "dmos.csv")
     images = _require_dir(label, base / "images")
     header, rows = _read_csv(label, table)
-    i_dist = _column(label, table.name, header, "dist_img")
-    i_ref = _column(label, table.name, header, "ref_img")
-    i_mos = _column(label, table.name, header, "dmos")
-    samples = []
-    for line, row in rows:
-        where = f"{table.name} line {line}"
-        fname = str(_cell(label, where, row, i_dist, "dist_img")).strip()
-        ref = str(_cell(label, where, row, i_ref, "ref_img")).strip()
-        if not fname or not ref:
-            raise DatasetError(f"{label}: {where}: empty dist_img or ref_img")
-        mos = _number(label, where, "dmos", _cell(label, where, row, i_mos, "dmos"))
-        path = images / fname
-        samples.append(Sample(path=path, mos=mos, ref=ref, name=_name(base, path)))
+    samples = [
+        Sample(path=images / fname, mos=mos, ref=ref, name=_name(base, images / fname))
+        for _, (fname, ref), mos in _records(
+            label, table.name, header, rows, names=["dist_img", "ref_img"], score="dmos"
+        )
+    ]
     return _finish(
         label,
         table.name,
@@ -545,24 +559,7 @@ def read_live(root: str | os.PathLike[str], *, dmos: str = "original") -> Datase
             f"{label}: refnames_all.mat has {len(refnames)} names but {dmos_file} has {n} values"
         )
 
-    files: list[Path] = []
-    counts: list[str] = []
-    for folder in LIVE_FOLDERS:
-        fdir = _require_dir(label, base / folder)
-        numbered: dict[int, Path] = {}
-        for entry in fdir.iterdir():
-            m = _LIVE_IMG.fullmatch(entry.name)
-            if m and entry.is_file():
-                numbered[int(m.group(1))] = entry
-        k = max(numbered, default=0)
-        counts.append(f"{folder} {k}")
-        files.extend(numbered.get(i, fdir / f"img{i}.bmp") for i in range(1, k + 1))
-    if len(files) != n:
-        official = ", ".join(f"{f} {c}" for f, c in LIVE_OFFICIAL_COUNTS.items())
-        raise DatasetError(
-            f"{label}: {dmos_file} has {n} entries but the folders hold {len(files)} images "
-            f"img1..imgK ({', '.join(counts)}; official release: {official})"
-        )
+    files = _live_files(label, base, dmos_file, n)
     _check_images(label, dmos_file, files)
 
     mos = to_higher_is_better(dmos_values, 0.0, 100.0)
@@ -582,6 +579,29 @@ def read_live(root: str | os.PathLike[str], *, dmos: str = "original") -> Datase
         note=f"DMOS 0-100 (lower is better, {dmos_file} {dmos_var}) converted with "
         "to_higher_is_better(dmos, 0, 100)",
     )
+
+
+def _live_files(label: str, base: Path, dmos_file: str, n: int) -> list[Path]:
+    """``img1.bmp ... imgK.bmp`` of each folder in LIVE's order; their count must be ``n``."""
+    files: list[Path] = []
+    counts: list[str] = []
+    for folder in LIVE_FOLDERS:
+        fdir = _require_dir(label, base / folder)
+        numbered: dict[int, Path] = {}
+        for entry in fdir.iterdir():
+            m = _LIVE_IMG.fullmatch(entry.name)
+            if m and entry.is_file():
+                numbered[int(m.group(1))] = entry
+        k = max(numbered, default=0)
+        counts.append(f"{folder} {k}")
+        files.extend(numbered.get(i, fdir / f"img{i}.bmp") for i in range(1, k + 1))
+    if len(files) != n:
+        official = ", ".join(f"{f} {c}" for f, c in LIVE_OFFICIAL_COUNTS.items())
+        raise DatasetError(
+            f"{label}: {dmos_file} has {n} entries but the folders hold {len(files)} images "
+            f"img1..imgK ({', '.join(counts)}; official release: {official})"
+        )
+    return files
 
 
 # --------------------------------------------------------------------------------------
@@ -765,16 +785,11 @@ def read_spaq(root: str | os.PathLike[str], *, image_dir: str | None = None) -> 
     if not rows:
         raise DatasetError(f"{label}: {sheet_path.name} is empty (no header row)")
     header = rows[0][1]
-    i_name = _column(label, sheet_path.name, header, "Image name")
-    i_mos = _column(label, sheet_path.name, header, "MOS")
     samples = []
-    for line, row in rows[1:]:
-        where = f"{sheet_path.name} row {line}"
-        cell = _cell(label, where, row, i_name, "Image name")
-        fname = "" if cell is None else str(cell).strip()
-        if not fname:
-            raise DatasetError(f"{label}: {where}: empty 'Image name'")
-        mos = _number(label, where, "MOS", _cell(label, where, row, i_mos, "MOS"))
+    records = _records(
+        label, sheet_path.name, header, rows[1:], names=["Image name"], score="MOS", unit="row"
+    )
+    for _, (fname,), mos in records:
         path = images / fname
         if by_stem is not None and not path.is_file():
             path = by_stem.get(Path(fname).stem, path)
@@ -818,17 +833,12 @@ def read_flive(root: str | os.PathLike[str]) -> Dataset:
     table = _require_file(label, labels)
     images = base / "database" if (base / "database").is_dir() else base
     header, rows = _read_csv(label, table)
-    i_name = _column(label, table.name, header, "name")
-    i_mos = _column(label, table.name, header, "mos")
-    samples = []
-    for line, row in rows:
-        where = f"{table.name} line {line}"
-        fname = str(_cell(label, where, row, i_name, "name")).strip()
-        if not fname:
-            raise DatasetError(f"{label}: {where}: empty 'name'")
-        mos = _number(label, where, "mos", _cell(label, where, row, i_mos, "mos"))
-        path = images / fname
-        samples.append(Sample(path=path, mos=mos, ref=None, name=_name(base, path)))
+    samples = [
+        Sample(path=images / fname, mos=mos, ref=None, name=_name(base, images / fname))
+        for _, (fname,), mos in _records(
+            label, table.name, header, rows, names=["name"], score="mos"
+        )
+    ]
     return _finish(
         label,
         table.name,
@@ -895,24 +905,14 @@ def read_csv_dataset(root: str | os.PathLike[str]) -> Dataset:
         table = _require_file(label, given)
     base = table.parent
     header, rows = _read_csv(label, table)
-    i_path = _column(label, table.name, header, "path")
-    i_mos = _column(label, table.name, header, "mos")
     try:
-        i_ref: int | None = _column(label, table.name, header, "ref")
+        _column(label, table.name, header, "ref")
+        names = ["path", "ref"]
     except DatasetError:
-        i_ref = None
+        names = ["path"]
     samples = []
-    for line, row in rows:
-        where = f"{table.name} line {line}"
-        text = str(_cell(label, where, row, i_path, "path")).strip()
-        if not text:
-            raise DatasetError(f"{label}: {where}: empty 'path'")
-        mos = _number(label, where, "mos", _cell(label, where, row, i_mos, "mos"))
-        ref = None
-        if i_ref is not None:
-            ref = str(_cell(label, where, row, i_ref, "ref")).strip()
-            if not ref:
-                raise DatasetError(f"{label}: {where}: empty 'ref' (the column exists)")
+    for _, texts, mos in _records(label, table.name, header, rows, names=names, score="mos"):
+        text, ref = texts[0], (texts[1] if len(texts) > 1 else None)
         path = Path(text).expanduser()
         path = path if path.is_absolute() else base / path
         samples.append(Sample(path=path, mos=mos, ref=ref, name=_name(base, path)))
@@ -927,7 +927,7 @@ def read_csv_dataset(root: str | os.PathLike[str]) -> Dataset:
         root=base,
         samples=samples,
         mos_range=meta_range or (0.0, 0.0),
-        synthetic=i_ref is not None,
+        synthetic=len(names) > 1,
         note="MOS as given in the CSV (must be higher is better)",
     )
 

@@ -522,9 +522,39 @@ def make_demo_set(
     all, at least 12). ``out_dir`` must be new, empty or an earlier demo set (rewritten in
     place) unless ``force``. Same arguments and package versions -> byte-identical files.
     """
+    seed, width, height = _check_arguments(seed, size)
+    refs = _resolve_references(references)
+    out = Path(out_dir)
+    _check_target(out, force)
+    stale = _old_files(out)
+    with contextlib.suppress(FileNotFoundError):
+        (out / CSV_NAME).unlink()  # an interrupted rewrite must not leave a CSV of mixed files
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / "references").mkdir(parents=True, exist_ok=True)
+
+    prepared = {r: load_reference(r, (width, height)) for r in refs}
+    jobs = [
+        (r, name)
+        for r in refs
+        for name in DISTORTIONS
+        if not (name in COLOR_ONLY and _is_gray(prepared[r]))
+    ]
+    # dataset.json first: an interrupted run still marks the directory as a demo set.
+    meta = _dataset_record(prepared, len(jobs), seed, width, height)
+    _write_text(out / META_NAME, json.dumps(meta, indent=2, sort_keys=False) + "\n")
+    written: set[Path] = set()
+    rows = _write_images(out, prepared, jobs, seed, written)
+    for path in stale - written:
+        with contextlib.suppress(OSError):
+            path.unlink()
+    csv_path = out / CSV_NAME
+    _write_text(csv_path, "path,mos,ref\n" + "".join(rows))  # last: the set is complete
+    return csv_path
+
+
+def _check_arguments(seed, size) -> tuple[int, int, int]:
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise DemoDataError(f"seed must be a non-negative integer, got {seed!r}")
-    seed = int(seed)
     try:
         width, height = (int(v) for v in size)
     except (TypeError, ValueError):
@@ -533,44 +563,29 @@ def make_demo_set(
         raise DemoDataError(f"size must be at least 32x32, got {width}x{height}")
     if width > MAX_SIDE or height > MAX_SIDE:
         raise DemoDataError(f"size must be at most {MAX_SIDE}x{MAX_SIDE}, got {width}x{height}")
-    refs = _resolve_references(references)
-    out = Path(out_dir)
-    _check_target(out, force)
-    stale = _old_files(out)
-    with contextlib.suppress(FileNotFoundError):
-        (out / CSV_NAME).unlink()  # an interrupted rewrite must not leave a CSV of mixed files
+    return int(seed), width, height
 
-    images_dir = out / "images"
-    refs_dir = out / "references"
-    images_dir.mkdir(parents=True, exist_ok=True)
-    refs_dir.mkdir(parents=True, exist_ok=True)
 
-    prepared = {r: load_reference(r, (width, height)) for r in refs}
-    ref_meta = [
-        {
-            "id": r,
-            "path": f"references/{r}.png",
-            "source": f"{_SOURCE_BY_ID[r].package}:{_SOURCE_BY_ID[r].file}",
-            "grayscale": _is_gray(prepared[r]),
-        }
-        for r in refs
-    ]
-    jobs = [
-        (r, name)
-        for r in refs
-        for name in DISTORTIONS
-        if not (name in COLOR_ONLY and _is_gray(prepared[r]))
-    ]
-    meta = {
+def _dataset_record(prepared: dict, n_pairs: int, seed: int, width: int, height: int) -> dict:
+    """``dataset.json``: the references, the distortions and levels, the MOS rule, versions."""
+    return {
         "name": DATASET_NAME,
         "format": 1,
         "csv": CSV_NAME,
-        "count": len(jobs) * LEVELS,
+        "count": n_pairs * LEVELS,
         "mos_range": [1, 5],
         "seed": seed,
         "size": [width, height],
         "rule": MOS_RULE,
-        "references": ref_meta,
+        "references": [
+            {
+                "id": r,
+                "path": f"references/{r}.png",
+                "source": f"{_SOURCE_BY_ID[r].package}:{_SOURCE_BY_ID[r].file}",
+                "grayscale": _is_gray(image),
+            }
+            for r, image in prepared.items()
+        ],
         "distortions": [
             {
                 "name": name,
@@ -584,29 +599,23 @@ def make_demo_set(
         "levels": LEVELS,
         "package_versions": _package_versions(),
     }
-    # dataset.json first: an interrupted run still marks the directory as a demo set.
-    _write_text(out / META_NAME, json.dumps(meta, indent=2, sort_keys=False) + "\n")
 
-    written: set[Path] = set()
-    for r in refs:
-        path = refs_dir / f"{r}.png"
-        _write_png(prepared[r], path)
+
+def _write_images(out: Path, prepared: dict, jobs, seed: int, written: set[Path]) -> list[str]:
+    """The references and every distorted image; returns the CSV rows."""
+    for r, image in prepared.items():
+        path = out / "references" / f"{r}.png"
+        _write_png(image, path)
         written.add(path)
-
     rows: list[str] = []
-    for r in refs:
-        stats = _RefStats(prepared[r])
+    for r, image in prepared.items():
+        stats = _RefStats(image)
         for name in (n for ref, n in jobs if ref == r):
             for level in range(1, LEVELS + 1):
                 # A fresh generator per image: every level of a pair sees the same stream.
-                img = DISTORTIONS[name](prepared[r], level, _rng(seed, r, name))
+                img = DISTORTIONS[name](image, level, _rng(seed, r, name))
                 rel = f"images/{r}_{name}_{level}.png"
                 _write_png(img, out / rel)
                 written.add(out / rel)
                 rows.append(f"{rel},{_pseudo_mos(stats, img):.4f},{r}\n")
-    for path in stale - written:
-        with contextlib.suppress(OSError):
-            path.unlink()
-    csv_path = out / CSV_NAME
-    _write_text(csv_path, "path,mos,ref\n" + "".join(rows))  # last: the set is complete
-    return csv_path
+    return rows

@@ -9,19 +9,15 @@ training with DistributedDataParallel (global batch split across the N processes
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import os
-import statistics
 import sys
 from pathlib import Path
-from typing import Any
 
 import click
 
 from loda.clitools import parse_data_spec, run
 from loda.config import list_configs
-from loda.errors import LodaError
+from loda.train import protocol
 
 DEFAULT_SPLITS = 10
 POSITIVE = click.IntRange(min=1)
@@ -35,311 +31,103 @@ LAYOUT_OPTION = click.option(
 )
 
 
+# The training options of loda-train and loda-eval-splits (declarations: one list).
+TRAIN_OPTIONS = [
+    click.option(
+        "--data",
+        "data_spec",
+        required=True,
+        help="KIND:ROOT[?KEY=VALUE&...] (reader options) or a generic .csv file.",
+    ),
+    click.option(
+        "--config",
+        "config_name",
+        default="loda_b16",
+        show_default=True,
+        type=click.Choice(list_configs()),
+    ),
+    click.option("--vit-weights", type=click.Path(dir_okay=False, path_type=Path)),
+    click.option("--cnn-weights", type=click.Path(dir_okay=False, path_type=Path)),
+    click.option(
+        "--random-init",
+        is_flag=True,
+        help="Train on random-init backbones (no pretrained weights needed).",
+    ),
+    click.option(
+        "--split-file",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="Splits JSON (made and saved beside the results if absent).",
+    ),
+    click.option("--split-seed", type=NON_NEGATIVE, default=0, show_default=True),
+    click.option("--epochs", type=POSITIVE, default=10, show_default=True),
+    click.option("--batch-size", type=POSITIVE, default=128, show_default=True),
+    click.option(
+        "--micro-batch",
+        type=POSITIVE,
+        default=None,
+        help="Accumulate gradients over batch-size/micro-batch steps.",
+    ),
+    click.option(
+        "--lr", type=click.FloatRange(min=0, min_open=True), default=3e-4, show_default=True
+    ),
+    click.option("--backbone-lr", type=float, default=None),
+    click.option("--weight-decay", type=float, default=0.01, show_default=True),
+    click.option(
+        "--crops-per-image",
+        type=POSITIVE,
+        default=None,
+        help="Training crops per image (default: per dataset, as the authors).",
+    ),
+    click.option(
+        "--train-backbones",
+        type=click.Choice(["none", "cnn", "all"]),
+        default="none",
+        show_default=True,
+    ),
+    click.option("--workers", type=NON_NEGATIVE, default=0, show_default=True),
+    click.option(
+        "--cache-mb",
+        type=NON_NEGATIVE,
+        default=1024,
+        show_default=True,
+        help="In-memory cache of resized training images, MB per process (0: none).",
+    ),
+    click.option(
+        "--decode",
+        type=click.Choice(["exact", "fast"]),
+        default="exact",
+        show_default=True,
+        help="Training images: exact decode, or fast (JPEGs decoded at a reduced scale; "
+        "for camera-size photos). Evaluation and the checkpoint stay exact.",
+    ),
+    click.option("--device", default="auto", show_default=True),
+    click.option("--seed", type=NON_NEGATIVE, default=0, show_default=True),
+    click.option(
+        "--amp/--no-amp",
+        default=None,
+        help="Mixed precision: fp16/bf16 on CUDA, bf16 on CPU (default: on CUDA).",
+    ),
+    click.option(
+        "--channels-last/--no-channels-last",
+        default=True,
+        show_default=True,
+        help="NHWC layout for the convolutions.",
+    ),
+    click.option(
+        "--synthetic-per-ref",
+        type=click.IntRange(min=0),
+        default=0,
+        show_default=True,
+        help="Demo set only: add this many new distortions of each TRAINING reference, "
+        "labelled by the demo's pseudo-MOS rule (made in OUT/synthetic; see loda.data.synthetic).",
+    ),
+]
+
+
 def train_options(f):
-    options = [
-        click.option(
-            "--data",
-            "data_spec",
-            required=True,
-            help="KIND:ROOT[?KEY=VALUE&...] (reader options) or a generic .csv file.",
-        ),
-        click.option(
-            "--config",
-            "config_name",
-            default="loda_b16",
-            show_default=True,
-            type=click.Choice(list_configs()),
-        ),
-        click.option("--vit-weights", type=click.Path(dir_okay=False, path_type=Path)),
-        click.option("--cnn-weights", type=click.Path(dir_okay=False, path_type=Path)),
-        click.option(
-            "--random-init",
-            is_flag=True,
-            help="Train on random-init backbones (no pretrained weights needed).",
-        ),
-        click.option(
-            "--split-file",
-            type=click.Path(dir_okay=False, path_type=Path),
-            help="Splits JSON (made and saved beside the results if absent).",
-        ),
-        click.option("--split-seed", type=NON_NEGATIVE, default=0, show_default=True),
-        click.option("--epochs", type=POSITIVE, default=10, show_default=True),
-        click.option("--batch-size", type=POSITIVE, default=128, show_default=True),
-        click.option(
-            "--micro-batch",
-            type=POSITIVE,
-            default=None,
-            help="Accumulate gradients over batch-size/micro-batch steps.",
-        ),
-        click.option(
-            "--lr", type=click.FloatRange(min=0, min_open=True), default=3e-4, show_default=True
-        ),
-        click.option("--backbone-lr", type=float, default=None),
-        click.option("--weight-decay", type=float, default=0.01, show_default=True),
-        click.option(
-            "--crops-per-image",
-            type=POSITIVE,
-            default=None,
-            help="Training crops per image (default: per dataset, as the authors).",
-        ),
-        click.option(
-            "--train-backbones",
-            type=click.Choice(["none", "cnn", "all"]),
-            default="none",
-            show_default=True,
-        ),
-        click.option("--workers", type=NON_NEGATIVE, default=0, show_default=True),
-        click.option(
-            "--cache-mb",
-            type=NON_NEGATIVE,
-            default=1024,
-            show_default=True,
-            help="In-memory cache of resized training images, MB per process (0: none).",
-        ),
-        click.option(
-            "--decode",
-            type=click.Choice(["exact", "fast"]),
-            default="exact",
-            show_default=True,
-            help="Training images: exact decode, or fast (JPEGs decoded at a reduced scale; "
-            "for camera-size photos). Evaluation and the checkpoint stay exact.",
-        ),
-        click.option("--device", default="auto", show_default=True),
-        click.option("--seed", type=NON_NEGATIVE, default=0, show_default=True),
-        click.option(
-            "--amp/--no-amp",
-            default=None,
-            help="Mixed precision: fp16/bf16 on CUDA, bf16 on CPU (default: on CUDA).",
-        ),
-        click.option(
-            "--channels-last/--no-channels-last",
-            default=True,
-            show_default=True,
-            help="NHWC layout for the convolutions.",
-        ),
-        click.option(
-            "--synthetic-per-ref",
-            type=click.IntRange(min=0),
-            default=0,
-            show_default=True,
-            help="Demo set only: add this many new distortions of each TRAINING reference, "
-            "labelled by the demo's pseudo-MOS rule (made in OUT/synthetic; see loda.data.synthetic).",
-        ),
-    ]
-    for option in reversed(options):
+    for option in reversed(TRAIN_OPTIONS):
         f = option(f)
     return f
-
-
-def _splits_for(dataset, split_file: Path | None, out_dir: Path, k: int, seed: int):
-    from loda.data.splits import Splits, make_splits
-
-    if split_file is not None and split_file.is_file():
-        return Splits.load(split_file), split_file
-    splits = make_splits(dataset, k=k, seed=seed)
-    path = split_file or out_dir / "splits.json"
-    splits.save(path)
-    return splits, path
-
-
-def _train_config(opts: dict[str, Any], kind: str):
-    from loda.train.trainer import CROPS_PER_IMAGE, TrainConfig
-
-    return TrainConfig(
-        epochs=opts["epochs"],
-        batch_size=opts["batch_size"],
-        micro_batch=opts["micro_batch"],
-        lr=opts["lr"],
-        backbone_lr=opts["backbone_lr"],
-        weight_decay=opts["weight_decay"],
-        crops_per_image=opts["crops_per_image"] or CROPS_PER_IMAGE[kind],
-        seed=opts["seed"],
-        train_backbones=opts["train_backbones"],
-        workers=opts["workers"],
-        device=opts["device"],
-        amp=opts["amp"],
-        channels_last=opts["channels_last"],
-        cache_mb=opts["cache_mb"],
-        decode=opts["decode"],
-    )
-
-
-def _build_model(opts: dict[str, Any]):
-    import torch
-
-    from loda.model import create_model
-
-    torch.manual_seed(opts["seed"])
-    return create_model(
-        opts["config_name"],
-        pretrained=not opts["random_init"],
-        vit_weights=opts["vit_weights"],
-        cnn_weights=opts["cnn_weights"],
-    )
-
-
-def _train_and_eval(
-    opts: dict[str, Any],
-    kind: str,
-    dataset,
-    splits,
-    split_path: Path,
-    index: int,
-    out_dir: Path,
-    *,
-    resume: bool = False,
-    baseline: bool = False,
-    layout: str = "grid",
-    crop_seed: int = 0,
-) -> dict[str, Any]:
-    """Train on split ``index`` and evaluate its test part (the last epoch, as the paper) with
-    the ``layout`` crops (``crop_seed`` seeds the random layout)."""
-    from loda.checkpoint import save_checkpoint
-    from loda.preprocess import PreprocessConfig
-    from loda.train.evaluate import evaluate_samples
-    from loda.train.trainer import train
-
-    train_samples, test_samples = splits.select(dataset, index)
-    cfg = _train_config(opts, kind)
-    model = _build_model(opts)
-    preprocess = PreprocessConfig()
-    eval_preprocess = dataclasses.replace(preprocess, layout=layout)
-    evaluation = {
-        "layout": layout,
-        "crops": preprocess.num_crops,
-        "crop_seed": crop_seed if layout == "random" else None,
-    }
-    provenance: dict[str, Any] = {
-        "data": f"{dataset.name} ({dataset.root})",
-        "split": {"file": str(split_path), "index": index, "seed": splits.seed},
-    }
-    report: dict[str, Any] = {
-        "split": index,
-        "train_images": len(train_samples),
-        "test_images": len(test_samples),
-        "evaluation": evaluation,
-    }
-    if opts["synthetic_per_ref"]:
-        synthetic = _synthetic_samples(
-            dataset, train_samples, test_samples, out_dir, opts["synthetic_per_ref"], cfg.seed
-        )
-        provenance["synthetic"] = {
-            "per_ref": opts["synthetic_per_ref"],
-            "seed": cfg.seed,
-            "images": len(synthetic),
-            "dir": str(out_dir / "synthetic"),
-        }
-        report["synthetic_train_images"] = len(synthetic)
-        train_samples = [*train_samples, *synthetic]
-    if baseline:
-        base = evaluate_samples(
-            model,
-            test_samples,
-            eval_preprocess,
-            dataset_name=dataset.name,
-            mos_range=dataset.mos_range,
-            seed=crop_seed,
-        )
-        report["untrained"] = base.metrics
-        click.echo(f"split {index}: untrained model  {_fmt(base.metrics)}", err=True)
-    result = train(
-        model,
-        train_samples,
-        out_dir,
-        cfg,
-        preprocess=preprocess,
-        resume=resume,
-        provenance=provenance,
-    )
-    import torch.distributed as dist
-
-    if dist.is_initialized() and dist.get_rank() != 0:
-        return report
-    evaluated = evaluate_samples(
-        result.model,
-        test_samples,
-        eval_preprocess,
-        dataset_name=dataset.name,
-        mos_range=dataset.mos_range,
-        seed=crop_seed,
-        progress=True,
-    )
-    final = out_dir / "model.safetensors"
-    save_checkpoint(
-        result.model,
-        final,
-        preprocess=preprocess,
-        calibration=evaluated.calibration,
-        provenance={
-            **provenance,
-            "source": "loda-train",
-            "train": cfg.to_dict(),
-            **{k: evaluated.metrics[k] for k in ("srcc", "plcc", "krcc", "rmse")},
-            "test_images": len(test_samples),
-            "evaluation": evaluation,
-            "epochs": cfg.epochs,
-        },
-    )
-    report.update(
-        trained=evaluated.metrics,
-        checkpoint=str(final),
-        train_seconds=round(result.seconds, 1),
-        train_crops_per_second=round(result.crops_per_second, 2),
-        losses=result.losses,
-    )
-    click.echo(
-        f"split {index}: trained model    {_fmt(evaluated.metrics)} "
-        f"({result.seconds:.0f} s training)",
-        err=True,
-    )
-    return report
-
-
-def _synthetic_samples(dataset, train_samples, test_samples, out_dir: Path, per_ref: int, seed):
-    """The synthetic images of the training references (rank 0 makes them, the rest wait)."""
-    import torch.distributed as dist
-
-    from loda.data.synthetic import synthesize_training_set
-
-    refs = {s.ref for s in train_samples}
-    if None in refs:
-        raise click.UsageError("--synthetic-per-ref needs the demo set (images with references)")
-    leaked = refs & {s.ref for s in test_samples}
-    if leaked:
-        raise click.UsageError(f"the split puts references in train and test: {sorted(leaked)}")
-
-    def make():
-        return synthesize_training_set(
-            dataset.root, refs, out_dir / "synthetic", per_ref, seed, log=_echo_err
-        )
-
-    if not dist.is_initialized():
-        return make()
-    if dist.get_rank() == 0:
-        samples = make()
-        dist.barrier()
-        return samples
-    dist.barrier()
-    return make()  # reuses rank 0's files
-
-
-def _echo_err(message: str) -> None:
-    click.echo(message, err=True)
-
-
-def _fmt(m: dict[str, float]) -> str:
-    return " ".join(f"{k.upper()} {m[k]:.4f}" for k in ("srcc", "plcc", "krcc", "rmse"))
-
-
-def _init_distributed() -> None:
-    import torch
-    import torch.distributed as dist
-
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -351,23 +139,16 @@ def _init_distributed() -> None:
 @click.option("--baseline", is_flag=True, help="Also evaluate the untrained model first.")
 def train_cmd(out_dir, split_index, num_splits, resume, baseline, **opts) -> None:
     """Train LoDa on one split of a dataset and evaluate the last epoch on its test part."""
-    _init_distributed()
+    protocol.init_distributed()
     kind, dataset = parse_data_spec(opts["data_spec"])
     out_dir.mkdir(parents=True, exist_ok=True)
-    splits, split_path = _splits_for(
+    splits, split_path = protocol.splits_for(
         dataset, opts["split_file"], out_dir, num_splits, opts["split_seed"]
     )
-    report = _train_and_eval(
-        opts,
-        kind,
-        dataset,
-        splits,
-        split_path,
-        split_index,
-        out_dir,
-        resume=resume,
-        baseline=baseline,
-    )
+    report = protocol.train_and_eval(
+        opts, kind, dataset, splits, split_path, split_index, out_dir,
+        resume=resume, baseline=baseline,
+    )  # fmt: skip
     if "trained" in report:
         (out_dir / "results.json").write_text(json.dumps(report, indent=2))
         click.echo(
@@ -417,9 +198,7 @@ def eval_cmd(
     """Evaluate CHECKPOINT on a dataset (SRCC/PLCC/KRCC/RMSE) and store the fitted score
     calibration in its metadata. The paper's K-split protocol: ``loda-eval --splits K --data ...
     --out DIR [training options]`` (the same as ``loda-eval-splits``)."""
-    from loda.checkpoint import load_checkpoint, save_checkpoint
     from loda.data.splits import Splits
-    from loda.train.evaluate import evaluate_samples
 
     if checkpoint is None:
         raise click.UsageError(
@@ -437,38 +216,18 @@ def eval_cmd(
         if split_file is None:
             raise click.UsageError("--split-index needs --split-file")
         _, samples = Splits.load(split_file).select(dataset, split_index)
-    model, meta = load_checkpoint(checkpoint)
-    preprocess = dataclasses.replace(meta.preprocess, layout=layout)
-    result = evaluate_samples(
-        model,
-        samples,
-        preprocess,
-        dataset_name=dataset.name,
-        mos_range=dataset.mos_range,
-        seed=seed,
-        num_crops=crops,
-        progress=True,
-    )
     target = output or checkpoint
-    provenance = {
-        **meta.provenance,
-        "evaluated_on": {
+    result = protocol.evaluate_checkpoint(
+        checkpoint, dataset, samples, layout=layout, seed=seed, crops=crops, target=target,
+        provenance={
             "data": f"{dataset.name} ({dataset.root})",
             "split_file": str(split_file) if split_file else None,
             "split_index": split_index,
             "layout": layout,
             "crops": crops,
             "crop_seed": seed if layout == "random" else None,
-            **result.metrics,
         },
-    }
-    save_checkpoint(
-        model,
-        target,
-        preprocess=meta.preprocess,
-        calibration=result.calibration,
-        provenance=provenance,
-    )
+    )  # fmt: skip
     report = {"checkpoint": str(target), "data": data_spec, **result.to_dict()}
     if json_path:
         json_path.write_text(json.dumps(report, indent=2))
@@ -502,37 +261,10 @@ def eval_splits_cmd(out_dir, num_splits, layout, crop_seed, **opts) -> None:
     """The paper's protocol: train and evaluate K seeded 80/20 splits, report the medians."""
     kind, dataset = parse_data_spec(opts["data_spec"])
     out_dir.mkdir(parents=True, exist_ok=True)
-    splits, split_path = _splits_for(
-        dataset, opts["split_file"], out_dir, num_splits, opts["split_seed"]
+    summary = protocol.run_splits(
+        opts, kind, dataset, out_dir, num_splits, layout=layout, crop_seed=crop_seed
     )
-    if num_splits > len(splits):
-        raise LodaError(f"--splits {num_splits}: {split_path} holds only k={len(splits)} splits")
-    reports = []
-    for i in range(num_splits):
-        reports.append(
-            _train_and_eval(
-                opts,
-                kind,
-                dataset,
-                splits,
-                split_path,
-                i,
-                out_dir / f"split{i}",
-                layout=layout,
-                crop_seed=crop_seed,
-            )
-        )
-    medians = {
-        k: statistics.median(r["trained"][k] for r in reports)
-        for k in ("srcc", "plcc", "krcc", "rmse")
-    }
-    summary = {
-        "data": opts["data_spec"],
-        "splits": str(split_path),
-        "evaluation": reports[0]["evaluation"],
-        "per_split": reports,
-        "median": medians,
-    }
+    reports, medians = summary["per_split"], summary["median"]
     (out_dir / "results.json").write_text(json.dumps(summary, indent=2))
     click.echo("split  SRCC    PLCC    KRCC    RMSE")
     for r in reports:

@@ -337,6 +337,15 @@ def _step(net, x, y, run: _Run, cfg: TrainConfig, optimizer, scheduler, scaler) 
     return step_loss
 
 
+@dataclass
+class _Optimization:
+    """The optimizer, its cosine schedule and the fp16 gradient scaler of one run."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+
+
 def _save_epoch(
     model: LoDa,
     checkpoint: Path,
@@ -344,9 +353,7 @@ def _save_epoch(
     record: dict[str, Any],
     preprocess: PreprocessConfig,
     cfg: TrainConfig,
-    optimizer,
-    scheduler,
-    scaler,
+    opt: _Optimization,
 ) -> None:
     """``epochN.safetensors`` and its training state (optimizer, scheduler, scaler, RNG)."""
     save_checkpoint(model, checkpoint, preprocess=preprocess, provenance=record)
@@ -354,14 +361,90 @@ def _save_epoch(
         torch.save(
             {
                 "epoch": epoch,
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(),
+                "optimizer": opt.optimizer.state_dict(),
+                "scheduler": opt.scheduler.state_dict(),
+                "scaler": opt.scaler.state_dict(),
                 "torch_rng": torch.get_rng_state(),
                 "train_config": cfg.to_dict(),
             },
             tmp,
         )
+
+
+def _training_crops(
+    samples: Sequence[Sample], cfg: TrainConfig, preprocess: PreprocessConfig
+) -> TrainCrops:
+    """The seeded crop dataset (the training decode mode is a training setting: the checkpoint
+    keeps ``preprocess``)."""
+    torch.manual_seed(cfg.seed)
+    train_preprocess = dataclasses.replace(preprocess, decode=cfg.decode)
+    dataset = TrainCrops(samples, train_preprocess, cfg.crops_per_image, cfg.seed, cfg.cache_mb)
+    if len(dataset) < cfg.batch_size:
+        raise LodaError(
+            f"{len(samples)} training images x {cfg.crops_per_image} crops = {len(dataset)} "
+            f"crops, fewer than one batch of {cfg.batch_size}; lower --batch-size"
+        )
+    return dataset
+
+
+def _optimization(model: LoDa, cfg: TrainConfig, run: _Run, total_steps: int) -> _Optimization:
+    """Place the model, choose what trains, and build AdamW with its cosine schedule."""
+    model.to(run.device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    _set_trainable(model, cfg.train_backbones)
+    optimizer = torch.optim.AdamW(_param_groups(model, cfg), weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps, eta_min=0)
+    scaler = torch.amp.GradScaler("cuda", enabled=run.amp and run.amp_dtype == torch.float16)
+    return _Optimization(optimizer, scheduler, scaler)
+
+
+def _distributed(model: LoDa, run: _Run) -> torch.nn.Module:
+    if run.world == 1:
+        return model
+    return torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[run.device.index] if run.device.type == "cuda" else None
+    )
+
+
+def _run_epoch(
+    net: torch.nn.Module,
+    loader: DataLoader,
+    run: _Run,
+    cfg: TrainConfig,
+    opt: _Optimization,
+    *,
+    desc: str,
+    steps: int,
+    progress: bool,
+) -> tuple[list[float], int]:
+    """One epoch's steps with a progress bar; returns the step losses and the crops seen."""
+    net.train()
+    losses: list[float] = []
+    crops = 0
+    bar = tqdm(
+        loader,
+        total=steps,
+        desc=desc,
+        disable=not (progress and _is_main()),
+        unit="batch",
+        dynamic_ncols=True,
+    )
+    t0 = time.perf_counter()
+    for step, (x, y) in enumerate(bar):
+        if step >= steps:
+            break
+        step_loss = _step(net, x, y, run, cfg, opt.optimizer, opt.scheduler, opt.scaler)
+        losses.append(step_loss)
+        crops += len(x) * run.world
+        rate = (step + 1) * cfg.batch_size / (time.perf_counter() - t0)
+        bar.set_postfix(
+            loss=f"{step_loss:.4f}",
+            img_s=f"{rate / cfg.crops_per_image:.1f}",
+            crops_s=f"{rate:.1f}",
+        )
+    bar.close()
+    return losses, crops
 
 
 def train(
@@ -386,33 +469,11 @@ def train(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     run = _plan(cfg)
-
-    torch.manual_seed(cfg.seed)
-    # the training decode mode is a training setting; the checkpoint keeps ``preprocess``
-    train_preprocess = dataclasses.replace(preprocess, decode=cfg.decode)
-    dataset = TrainCrops(samples, train_preprocess, cfg.crops_per_image, cfg.seed, cfg.cache_mb)
-    if len(dataset) < cfg.batch_size:
-        raise LodaError(
-            f"{len(samples)} training images x {cfg.crops_per_image} crops = {len(dataset)} "
-            f"crops, fewer than one batch of {cfg.batch_size}; lower --batch-size"
-        )
+    dataset = _training_crops(samples, cfg, preprocess)
     steps_per_epoch = len(dataset) // cfg.batch_size  # drop_last, as the authors
-    total_steps = steps_per_epoch * cfg.epochs
-
-    model.to(run.device)
-    if cfg.channels_last:
-        model.to(memory_format=torch.channels_last)
-    _set_trainable(model, cfg.train_backbones)
-    optimizer = torch.optim.AdamW(_param_groups(model, cfg), weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps, eta_min=0)
-    scaler = torch.amp.GradScaler("cuda", enabled=run.amp and run.amp_dtype == torch.float16)
-    start_epoch = _resume(model, optimizer, scheduler, scaler, out_dir) if resume else 0
-
-    net: torch.nn.Module = model
-    if run.world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[run.device.index] if run.device.type == "cuda" else None
-        )
+    opt = _optimization(model, cfg, run, steps_per_epoch * cfg.epochs)
+    start_epoch = _resume(model, opt.optimizer, opt.scheduler, opt.scaler, out_dir) if resume else 0
+    net = _distributed(model, run)
 
     losses: list[float] = []
     crops_seen = 0
@@ -420,30 +481,11 @@ def train(
     checkpoint = out_dir / f"epoch{start_epoch}.safetensors"
     for epoch in range(start_epoch, cfg.epochs):
         loader = _loader(dataset, run, cfg, preprocess, epoch)
-        model.train()
-        epoch_losses = []
-        bar = tqdm(
-            loader,
-            total=steps_per_epoch,
-            desc=f"epoch {epoch + 1}/{cfg.epochs}",
-            disable=not (progress and _is_main()),
-            unit="batch",
-            dynamic_ncols=True,
-        )
-        t0 = time.perf_counter()
-        for step, (x, y) in enumerate(bar):
-            if step >= steps_per_epoch:
-                break
-            step_loss = _step(net, x, y, run, cfg, optimizer, scheduler, scaler)
-            epoch_losses.append(step_loss)
-            crops_seen += len(x) * run.world
-            rate = (step + 1) * cfg.batch_size / (time.perf_counter() - t0)
-            bar.set_postfix(
-                loss=f"{step_loss:.4f}",
-                img_s=f"{rate / cfg.crops_per_image:.1f}",
-                crops_s=f"{rate:.1f}",
-            )
-        bar.close()
+        epoch_losses, crops = _run_epoch(
+            net, loader, run, cfg, opt,
+            desc=f"epoch {epoch + 1}/{cfg.epochs}", steps=steps_per_epoch, progress=progress,
+        )  # fmt: skip
+        crops_seen += crops
         losses.append(float(np.mean(epoch_losses)))
         checkpoint = out_dir / f"epoch{epoch + 1}.safetensors"
         if _is_main():
@@ -455,9 +497,7 @@ def train(
                 "loss": losses[-1],
                 **(provenance or {}),
             }
-            _save_epoch(
-                model, checkpoint, epoch + 1, record, preprocess, cfg, optimizer, scheduler, scaler
-            )
+            _save_epoch(model, checkpoint, epoch + 1, record, preprocess, cfg, opt)
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, model)
         if run.world > 1:
