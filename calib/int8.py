@@ -21,6 +21,10 @@ with ONNX Runtime's ``quantize_static`` (``QuantFormat.QDQ``):
     channels (every other ViT GEMM reads a LayerNorm, GELU or attention output). Quantizing
     it dominated the INT8 error: Spearman vs FP32 0.88 -> 0.994 (``loda_tiny``) and 0.94 ->
     0.999 (random-init ``loda_micro``) when kept float, for < 1 % of the GEMM FLOPs;
+  * the convolutions that see the image itself (:data:`STEM_MODULE_PATTERN`: the ViT's patch
+    embedding, the ResNet's stem), as post-training quantization usually keeps the first layer:
+    its error reaches every later layer of both branches. On the demo's trained ``loda_micro``
+    it cut the INT8 error by 57 % (mean |d score| vs FP32 0.019 -> 0.008; docs/experiments.md);
 
 - calibration data: the crops of REAL images exactly as the runtime makes them
   (:func:`loda.preprocess.preprocess_image` with the preprocessing record stored in the ONNX
@@ -44,13 +48,9 @@ Targets (:data:`TARGETS`):
   ORT's own session-time fusion misses). The result runs on ONNX Runtime only (``loda-trt``
   refuses it with one line).
 
-Measured with ONNX Runtime 1.32 (CPU provider) on a 2-core AVX-512 VNNI x86 machine, batch 15,
-median of 9 runs, with the first ``cpu`` recipe (u8s8 and output Q/DQ everywhere, no fusion):
-``loda_tiny`` FP32 14.5 crops/s, ``tensorrt`` target 12.2, ``cpu`` target 18.5 (1 thread; 23.2 /
-19.3 / 26.9 with 2 threads), hence two targets; ``loda_micro`` is too small to gain from INT8 on
-a CPU at all (102 / 61 / 77 crops/s). On ``loda_b16`` (2 threads, 30 crops, interleaved rounds)
-float MatMul outputs took the ``cpu`` target from 7.5 to 8.5 crops/s and the GELU fusion on top
-to 10.7 (per-crop max |d score| vs FP32 3.6e-3 -> 2.3e-3); see ``bench/bench_export.py``.
+Why two targets: under ONNX Runtime's CPU provider the ``tensorrt`` graph runs slower than
+FP32 and the ``cpu`` graph faster (docs/experiments.md, "INT8 targets on ONNX Runtime's CPU
+provider", has the measurements).
 ``quant_pre_process`` is not used: its symbolic shape inference fails on the graph's ``Expand``
 and its optimiser path adds Transposes and drops the exporter's ``namespace`` node metadata,
 without a speed or accuracy gain.
@@ -133,8 +133,12 @@ _PASS_THROUGH = frozenset({"Cast", "Reshape", "Transpose", "Squeeze", "Unsqueeze
 # Module paths (the dynamo exporter's ``namespace`` node metadata) of GEMMs kept float: the
 # adapters' first projection, which reads the raw, un-normalised ViT residual stream.
 FLOAT_MODULE_PATTERN = re.compile(r"\blearner\.down_proj\.\d+\.fc1\b")
+# ... and of the convolutions that see the image itself: the ViT's patch embedding and the
+# ResNet's stem (its convs up to the stem's last BatchNorm, whose name the folded conv carries).
+STEM_MODULE_PATTERN = re.compile(r"\bpatch_embed\.proj\b|\bfeature_model\.(conv1|bn1)\b")
 ATTENTION_PROBS = "attention probabilities (softmax @ V)"
 RESIDUAL_INPUTS = "adapter input projections (raw residual stream)"
+IMAGE_STEM = "first layers on the image (patch embedding, CNN stem)"
 
 #: --method -> onnxruntime.quantization.CalibrationMethod member name.
 METHODS: dict[str, str] = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
@@ -425,8 +429,9 @@ def float_kept_nodes(model: onnx.ModelProto) -> dict[str, list[str]]:
 
     :data:`ATTENTION_PROBS`: MatMuls fed by a Softmax (possibly through a reshape/cast).
     :data:`RESIDUAL_INPUTS`: MatMul/Gemm nodes whose module path (``namespace`` metadata,
-    written by torch's dynamo exporter) matches :data:`FLOAT_MODULE_PATTERN`; graphs without
-    that metadata keep only the first kind float.
+    written by torch's dynamo exporter) matches :data:`FLOAT_MODULE_PATTERN`.
+    :data:`IMAGE_STEM`: Conv nodes whose module path matches :data:`STEM_MODULE_PATTERN`.
+    Graphs without that metadata keep only the first kind float.
     """
     producers = {o: n for n in model.graph.node for o in n.output}
 
@@ -436,13 +441,15 @@ def float_kept_nodes(model: onnx.ModelProto) -> dict[str, list[str]]:
             node = producers.get(node.input[0])
         return node is not None and node.op_type == "Softmax"
 
-    attention, residual = [], []
+    attention, residual, stem = [], [], []
     for node in model.graph.node:
         if node.op_type == "MatMul" and any(from_softmax(i) for i in node.input):
             attention.append(node.name)
         elif node.op_type in ("MatMul", "Gemm") and FLOAT_MODULE_PATTERN.search(_namespace(node)):
             residual.append(node.name)
-    return {ATTENTION_PROBS: attention, RESIDUAL_INPUTS: residual}
+        elif node.op_type == "Conv" and STEM_MODULE_PATTERN.search(_namespace(node)):
+            stem.append(node.name)
+    return {ATTENTION_PROBS: attention, RESIDUAL_INPUTS: residual, IMAGE_STEM: stem}
 
 
 def int8_gemm_share(model: onnx.ModelProto, stats: GemmStats | None = None) -> tuple[float, int]:

@@ -40,7 +40,7 @@ class Recipe:
 
 HEAD = r"loda\.model\.NormedLinear"  # the cosine head: one GEMM that makes the score
 # the first layers that see the image: the ViT's patch embedding and the ResNet's stem convs
-STEM = r"model\.patch_embed\.proj|model\.feature_model\.conv1:"
+STEM = r"\bpatch_embed\.proj\b|\bfeature_model\.(conv1|bn1)\b"  # as calib.int8.STEM_MODULE_PATTERN
 RECIPES = {
     r.name: r
     for r in [

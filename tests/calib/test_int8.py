@@ -23,6 +23,7 @@ from onnx import TensorProto, helper, numpy_helper
 from loda.calib import int8 as int8_mod
 from loda.calib.int8 import (
     ATTENTION_PROBS,
+    IMAGE_STEM,
     MIN_VERIFY_IMAGES,
     RESIDUAL_INPUTS,
     CalibrationImage,
@@ -114,14 +115,21 @@ def test_int8_tensorrt_graph_and_held_out_verification(int8_trt, micro):
     for node in model.graph.node:
         by_type.setdefault(node.op_type, []).append(node)
     assert by_type["QuantizeLinear"] and by_type["DequantizeLinear"]
-    assert report.int8_share > 0.8 and report.n_int8_gemms > 0
+    # loda_micro's float image stem (patch embedding + the CNN's 3-conv stem) is ~1/3 of its
+    # GEMM FLOPs (~1% of loda_b16's); everything else is INT8
+    assert report.int8_share > 0.6 and report.n_int8_gemms > 0
 
     def from_dq(name: str) -> bool:
         node = producers.get(name)
         return node is not None and node.op_type == "DequantizeLinear"
 
     # Conv weights: per channel (axis 0), symmetric int8 with zero point 0 (TensorRT).
+    kept = float_kept_nodes(model)
+    stem = set(kept[IMAGE_STEM])
     for conv in by_type["Conv"]:
+        if conv.name in stem:  # kept float: no Q/DQ on its image input or its weight
+            assert not from_dq(conv.input[0]) and not from_dq(conv.input[1]), conv.name
+            continue
         assert from_dq(conv.input[0]) and from_dq(conv.input[1]), conv.name
         dq = producers[conv.input[1]]
         weight = _initializer(model, producers[dq.input[0]].input[0])  # float, behind Q/DQ
@@ -133,9 +141,9 @@ def test_int8_tensorrt_graph_and_held_out_verification(int8_trt, micro):
     # LayerNorm and Softmax are not quantized; the attention-probability MatMuls stay float.
     for node in by_type["LayerNormalization"] + by_type["Softmax"]:
         assert not from_dq(node.input[0]), node.name
-    kept = float_kept_nodes(model)
     assert len(kept[ATTENTION_PROBS]) == 12  # 6 ViT blocks + 6 cross-attentions
     assert len(kept[RESIDUAL_INPUTS]) == 6  # learner.down_proj.N.fc1
+    assert len(stem) == 4  # patch_embed.proj + the deep stem's three convs (BN folded in)
     for name in kept[ATTENTION_PROBS] + kept[RESIDUAL_INPUTS]:
         node = next(n for n in model.graph.node if n.name == name)
         assert not any(from_dq(i) for i in node.input), name
@@ -202,7 +210,7 @@ def test_cli_cpu_target_entropy(micro, tmp_path):
     assert not any(p is not None and p.op_type == "MatMul" for p in q_inputs)
     assert any(p is not None and p.op_type == "Conv" for p in q_inputs)
     # The INT8 share is counted on the whole graph, not only up to the first fused op.
-    assert record["int8_gemm_flops_share"] > 0.8
+    assert record["int8_gemm_flops_share"] > 0.6
     assert record["verification"]["max_abs_vs_fp32"] < 0.5
     # TensorRT refuses it with one line before building anything.
     from loda.export.trt import TrtError, _read_onnx_record
@@ -411,7 +419,7 @@ def test_crop_reader_feeds_runtime_crops(photo_dir):
 
 def test_float_kept_nodes_on_a_hand_made_graph():
     """Softmax -> Reshape -> MatMul is kept float; so is a GEMM whose module path is an
-    adapter's first projection; an ordinary weight MatMul is not."""
+    adapter's first projection, and the CNN stem's conv; an ordinary MatMul or conv is not."""
     w = numpy_helper.from_array(np.ones((4, 4), np.float32), "w")
     shape = numpy_helper.from_array(np.array([1, 4, 4], np.int64), "shape")
     nodes = [
@@ -420,9 +428,16 @@ def test_float_kept_nodes_on_a_hand_made_graph():
         helper.make_node("MatMul", ["p2", "v"], ["a"], name="probs_at_v"),
         helper.make_node("MatMul", ["a", "w"], ["b"], name="down_fc1"),
         helper.make_node("MatMul", ["b", "w"], ["y"], name="plain"),
+        helper.make_node("Conv", ["img", "k"], ["c1"], name="stem_conv"),
+        helper.make_node("Conv", ["img", "k"], ["c2"], name="later_conv"),
     ]
-    entry = nodes[3].metadata_props.add()
-    entry.key, entry.value = "namespace", ": LoDa/model.learner.down_proj.3.fc1: torch.nn.Linear"
+    for node, where in [
+        (nodes[3], ": LoDa/model.learner.down_proj.3.fc1: torch.nn.Linear"),
+        (nodes[5], ": LoDa/model.feature_model.bn1: torch.nn.BatchNorm2d"),  # folded stem conv
+        (nodes[6], ": LoDa/model.feature_model.layer1.0.bn1: torch.nn.BatchNorm2d"),
+    ]:
+        entry = node.metadata_props.add()
+        entry.key, entry.value = "namespace", where
     graph = helper.make_graph(
         nodes,
         "g",
@@ -434,7 +449,11 @@ def test_float_kept_nodes_on_a_hand_made_graph():
         [w, shape],
     )
     kept = float_kept_nodes(helper.make_model(graph))
-    assert kept == {ATTENTION_PROBS: ["probs_at_v"], RESIDUAL_INPUTS: ["down_fc1"]}
+    assert kept == {
+        ATTENTION_PROBS: ["probs_at_v"],
+        RESIDUAL_INPUTS: ["down_fc1"],
+        IMAGE_STEM: ["stem_conv"],
+    }
 
 
 def _exported_gelu(x: str, out: str, tag: str) -> list[onnx.NodeProto]:
