@@ -70,3 +70,19 @@ def micro(tmp_path_factory):
     from micro import micro_export
 
     return micro_export(tmp_path_factory)
+
+
+@pytest.fixture(autouse=True)
+def _pristine_loda_logging():
+    """Commands run in-process configure the ``loda`` loggers (``configure_logging``): a stream
+    handler bound to that test's captured stderr, no propagation. Put every ``loda`` logger back
+    as the library leaves it (no handlers, propagating, level unset) after each test."""
+    yield
+    import logging
+
+    names = ["loda", *(n for n in logging.root.manager.loggerDict if n.startswith("loda."))]
+    for name in names:
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
+        logger.setLevel(logging.NOTSET)
