@@ -31,9 +31,11 @@ def compare_graphs(
     mos: Sequence[float] | None = None,
 ) -> ScoreStats:
     """Score ``images`` with both graphs in ONNX Runtime (CPU) and compare the candidate's."""
-    from loda.artifacts import ort_scores
+    # ort_session: exact u8u8 kernels where ONNX Runtime's u8s8 ones saturate (loda.cpu_isa), so
+    # verification measures the graph, not a CPU's overflow
+    from loda.artifacts import ort_scores, ort_session
 
-    ref_session, cand_session = _session(reference), _session(candidate)
+    ref_session, cand_session = ort_session(reference), ort_session(candidate)
     ref = [ort_scores(ref_session, crops) for crops in images.crops]
     cand = [ort_scores(cand_session, crops) for crops in images.crops]
     return compare_scores(
@@ -43,21 +45,6 @@ def compare_graphs(
         names=images.names,
         mos=mos,
     )
-
-
-def _session(model: Model) -> Any:
-    """A CPU session as the runtime makes it for an INT8 graph on this CPU: with ONNX Runtime's
-    exact u8u8 kernels where its u8s8 kernels saturate (:func:`loda.cpu_isa.int8_session_config`),
-    so verification measures the graph, not a CPU's overflow."""
-    import onnxruntime as ort  # callers have checked that it is installed
-
-    from loda.cpu_isa import int8_session_config
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    int8_session_config(options)
-    source = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
 def verification_numbers(stats: ScoreStats, min_images: int) -> dict[str, Any]:
