@@ -44,6 +44,7 @@ import argparse
 import contextlib
 import io
 import json
+import math
 import os
 import platform
 import statistics
@@ -62,6 +63,7 @@ if str(ROOT) not in sys.path:  # run as ``python bench/bench_preprocess.py`` fro
 
 from loda.metadata import git_commit  # noqa: E402
 from loda.preprocess import (  # noqa: E402
+    FAST_MARGIN,
     PreprocessConfig,
     crop_positions,
     extract_crops,
@@ -78,6 +80,7 @@ SIZES = {  # label -> (width, height, format)
     "12MP-png": (4000, 3000, "PNG"),
 }
 PATHS = ("before", "exact", "fast")
+BOOTSTRAP = 1000  # resamples for the confidence interval of dSRCC
 REFERENCES = ("chelsea", "coffee", "rocket", "astronaut", "motorcycle", "china")
 LARGE = (4000, 3000)  # the size whose result is "large_jpeg"
 
@@ -281,8 +284,18 @@ def _compare(exact: list[float], fast: list[float], mos: list[float]) -> dict[st
     e, f, m = np.asarray(exact), np.asarray(fast), np.asarray(mos)
     d = np.abs(e - f)
     s_e, s_f = srcc(e, m), srcc(f, m)
+    # paired bootstrap over the images: how far dSRCC itself moves with the sample (a single
+    # rank swap in a few hundred images moves it by ~0.001)
+    rng = np.random.default_rng(0)
+    boot = []
+    for _ in range(BOOTSTRAP):
+        i = rng.integers(0, len(e), len(e))
+        boot.append(srcc(f[i], m[i]) - srcc(e[i], m[i]))
+    lo, hi = np.percentile(boot, [2.5, 97.5])
     return {
         "n": len(e),
+        "dsrcc": float(s_f - s_e),
+        "dsrcc_ci95": [float(lo), float(hi)],
         "max_abs_dscore": float(d.max()),
         "mean_abs_dscore": float(d.mean()),
         "score_sd": float(e.std()),
@@ -301,6 +314,7 @@ def measure_fidelity(
     config: str,
     demo: Path | None,
     large_sizes: list[tuple[int, int]],
+    variants: bool = False,
 ) -> dict[str, Any]:
     from loda.data.datasets import read_dataset
     from loda.data.demo import make_demo_set
@@ -342,19 +356,42 @@ def measure_fidelity(
         chosen = samples[::step][:n_large]
         for size in large_sizes:
             key = "large_jpeg" if size == LARGE else f"large_jpeg_{size[0]}x{size[1]}"
-            result[key] = _large_fidelity(chosen, size, grain, scores)
+            result[key] = _large_fidelity(chosen, size, grain, scores, variants)
     return result
 
 
+def finer_crops(data: bytes, cfg: PreprocessConfig) -> np.ndarray | None:
+    """The fast path one DCT scale finer (1/2 where it decodes at 1/4; None where that is the
+    full-size decode), resized and cropped as the fast path does: is the error the scale's?"""
+    with Image.open(io.BytesIO(data)) as im:
+        w, h = im.size
+        keep = math.ceil(FAST_MARGIN * cfg.resize_short)
+        scale = next((k for k in (8, 4, 2) if min(w, h) // k >= keep), 1)
+        if scale < 4:
+            return None
+        finer = scale // 2
+        drafted = im.draft(None, (w // finer, h // finer))
+        im.load()
+        size = resized_size(w, h, cfg.resize_short)
+        small = np.asarray(im.resize(size, Image.Resampling.BICUBIC, box=drafted[1]))
+    positions = crop_positions(size[1], size[0], cfg)
+    return extract_crops(small, positions, cfg.crop_size)
+
+
 def _large_fidelity(
-    chosen: list[Any], size: tuple[int, int], grain: float, scores: Callable[..., list[float]]
+    chosen: list[Any],
+    size: tuple[int, int],
+    grain: float,
+    scores: Callable[..., list[float]],
+    variants: bool = False,
 ) -> dict[str, Any]:
-    """Demo images upscaled to ``size`` with grain, as JPEG q90: exact vs fast scores."""
+    """Demo images upscaled to ``size`` with grain, as JPEG q90: exact vs fast scores (and,
+    with ``variants``, exact vs the fast path one DCT scale finer: key ``finer``)."""
     exact, fast = PreprocessConfig(), PreprocessConfig(decode="fast")
     log(f"fidelity: {len(chosen)} demo images upscaled to {size[0]}x{size[1]}")
     rng = np.random.default_rng(1)
     grain_field = rng.normal(0.0, grain, (size[1], size[0], 3)).astype(np.float32)
-    cols: dict[str, list[float]] = {k: [] for k in ("jpeg_e", "jpeg_f")}
+    cols: dict[str, list[float]] = {k: [] for k in ("jpeg_e", "jpeg_f", "jpeg_finer")}
     for i, s in enumerate(chosen):
         with Image.open(s.path) as im:
             big = im.convert("RGB").resize(size, Image.Resampling.BICUBIC)
@@ -363,15 +400,22 @@ def _large_fidelity(
         Image.fromarray(arr).save(buf, format="JPEG", quality=90)
         data = buf.getvalue()
         crops = [preprocess_image(data, c) for c in (exact, fast)]
-        for key, value in zip(cols, scores(*crops), strict=True):
+        finer = finer_crops(data, exact) if variants else None
+        if finer is not None:
+            crops.append(finer)
+        for key, value in zip(cols, scores(*crops), strict=False):
             cols[key].append(value)
         if (i + 1) % 25 == 0:
             log(f"  {i + 1}/{len(chosen)}")
-    return {
+    mos = [s.mos for s in chosen]
+    result = {
         "size": f"{size[0]}x{size[1]}",
         "grain_sigma": grain,
-        **_compare(cols["jpeg_e"], cols["jpeg_f"], [s.mos for s in chosen]),
+        **_compare(cols["jpeg_e"], cols["jpeg_f"], mos),
     }
+    if cols["jpeg_finer"]:
+        result["finer"] = _compare(cols["jpeg_e"], cols["jpeg_finer"], mos)
+    return result
 
 
 # --------------------------------------------------------------------------------------------
@@ -401,23 +445,26 @@ def print_tables(report: dict[str, Any]) -> None:
     if fid:
         print(f"\nFidelity, fast vs exact ({fid['model']}):")
         print(
-            "| set | n | max abs dscore | mean abs dscore | score sd | SRCC exact~fast | |dSRCC| |"
+            "| set | n | max abs dscore | mean abs dscore | score sd | SRCC exact~fast | |dSRCC| "
+            "| dSRCC 95% CI |"
         )
-        print("|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|")
         for key in [k for k in fid if k == "demo_set" or k.startswith("large_jpeg")]:
-            if key in fid:
-                r = fid[key]
-                if "srcc_exact_vs_fast" not in r:
-                    print(
-                        f"| {key} | {r['n']} | 0 | 0 | - | 1 (crops identical: "
-                        f"{r['identical_crops']}/{r['n']}) | 0 |"
-                    )
-                    continue
+            r = fid[key]
+            if "srcc_exact_vs_fast" not in r:
                 print(
-                    f"| {key} | {r['n']} | {r['max_abs_dscore']:.5f} | "
-                    f"{r['mean_abs_dscore']:.5f} | {r['score_sd']:.4f} | "
-                    f"{r['srcc_exact_vs_fast']:.5f} | {r['abs_dsrcc']:.5f} |"
+                    f"| {key} | {r['n']} | 0 | 0 | - | 1 (crops identical: "
+                    f"{r['identical_crops']}/{r['n']}) | 0 | - |"
                 )
+                continue
+            for label, row in ((key, r), (f"{key}, one scale finer", r.get("finer"))):
+                if row is not None:
+                    print(
+                        f"| {label} | {row['n']} | {row['max_abs_dscore']:.5f} | "
+                        f"{row['mean_abs_dscore']:.5f} | {row['score_sd']:.4f} | "
+                        f"{row['srcc_exact_vs_fast']:.5f} | {row['abs_dsrcc']:.5f} | "
+                        f"[{row['dsrcc_ci95'][0]:+.4f}, {row['dsrcc_ci95'][1]:+.4f}] |"
+                    )
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -445,6 +492,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--large-sizes", nargs="+", type=_size, default=[LARGE], metavar="WxH",
         help="sizes of the upscaled JPEGs of the fidelity part (default 4000x3000)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--fidelity-variants", action="store_true",
+        help="also score the fast path one DCT scale finer (1/2 where it uses 1/4)",
     )  # fmt: skip
     args = ap.parse_args(argv)
     if args.images_per_size < 1 or args.rounds < 1 or args.fidelity_images < 0:
@@ -491,6 +542,7 @@ def main(argv: list[str] | None = None) -> int:
             args.config,
             args.demo,
             args.large_sizes,
+            args.fidelity_variants,
         )
     report["machine"]["load_average_end"] = load_average()
     json_path.write_text(json.dumps(report, indent=2) + "\n")

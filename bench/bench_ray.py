@@ -15,7 +15,14 @@ row: the fixed cost that a longer run spreads. Memory: ``TreeMemory`` of the sco
 (summed RSS, and PSS, which counts pages shared by several processes, such as Ray's object
 store, once).
 
-    python bench/bench_ray.py --onnx model.onnx --images 24 --rounds 2 --out out/bench/ray
+Fixed cost and per-image cost: with the two archive sizes a command's own time is fitted as
+``T(N) = fixed + N x per_image`` (per round, then the median). The per-image ratio is the
+overhead a long run tends to (``ray_overhead_marginal``), ``break_even_images`` the archive size
+from which the overhead is <= 15%, and ``bare_ray_data_first_row_seconds`` what Ray Data alone
+takes to its first row with a do-nothing read function and a do-nothing actor (``--bare``: the
+part of the fixed cost that is Ray Data starting its own processes, not loda's work).
+
+    python bench/bench_ray.py --onnx model.onnx --images 96 --rounds 3 --out out/bench/ray
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ _SUMMARY = re.compile(r"scored (\d+) of (\d+) image\(s\), (\d+) failed.* in ([0-
 _FIRST_ROW = re.compile(r"first row after ([0-9.]+)s")
 RUNS = ("loda_score", "ray_small", "loda_score_large", "ray_large")
 POLL_SECONDS = 0.5
+GOAL = 0.15  # issue 18: Ray's overhead <= 15% at 2 CPUs
 
 
 def _command(name: str, module: str) -> list[str]:
@@ -81,6 +89,46 @@ def run(cmd: list[str]) -> dict[str, Any]:
     }
 
 
+def _noop(batch: dict[str, Any]) -> dict[str, Any]:
+    return batch
+
+
+class _NoopActor:
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        return batch
+
+
+def bare_probe(cpus: int) -> float:
+    """Seconds from building a do-nothing Ray Data pipeline (a read-task stage and a one-actor
+    pool, as loda-score-ray's) to its first row, after ``ray.init`` and ``import ray.data``."""
+    import ray
+    import ray.data
+
+    ray.init(num_cpus=cpus, include_dashboard=False, logging_level="warning")
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    t0 = time.perf_counter()
+    ds = ray.data.from_items([{"x": 0}]).map_batches(_noop, batch_size=1, num_cpus=1)
+    ds = ds.map_batches(
+        _NoopActor, batch_size=1, compute=ray.data.ActorPoolStrategy(size=1), num_cpus=1
+    )
+    for _ in ds.iter_batches(batch_size=None):
+        return time.perf_counter() - t0
+    raise BenchError("the do-nothing pipeline gave no row")
+
+
+def _bare_run(cpus: int) -> float:
+    """``bare_probe`` in a fresh process (a fresh local Ray, as each loda-score-ray run)."""
+    proc = subprocess.run(
+        [sys.executable, __file__, "--bare-probe", str(cpus)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise BenchError(f"--bare-probe exited {proc.returncode}: {proc.stderr.strip()[-300:]}")
+    return float(proc.stdout.strip().splitlines()[-1])
+
+
 def _commands(args: argparse.Namespace, small: Path, large: Path) -> dict[str, list[str]]:
     loda_score = _command("loda-score", "loda.runtime.cli")
     ray_score = _command("loda-score-ray", "loda.runtime.ray_cli")
@@ -102,6 +150,46 @@ def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return ranked[len(ranked) // 2]
 
 
+def _fit(small: dict[str, Any], large: dict[str, Any], key: str) -> tuple[float, float]:
+    """``(fixed seconds, seconds per image)`` of ``T(N) = fixed + N x per_image`` through the
+    two runs' times (``key``: own_seconds or wall_seconds)."""
+    per_image = (large[key] - small[key]) / (large["images"] - small["images"])
+    return small[key] - small["images"] * per_image, per_image
+
+
+def break_even(ray: tuple[float, float], base: tuple[float, float], goal: float) -> float | None:
+    """The archive size from which ``1 - T_base(N) / T_ray(N) <= goal``; None if never."""
+    (f_ray, p_ray), (f_base, p_base) = ray, base
+    if p_base <= (1 - goal) * p_ray:
+        return None  # the per-image cost alone is over the goal
+    return max(0.0, ((1 - goal) * f_ray - f_base) / (p_base - (1 - goal) * p_ray))
+
+
+def fixed_and_marginal(rounds: list[dict[str, dict[str, Any]]], goal: float = GOAL) -> dict:
+    """Per round: both commands' fixed and per-image costs from the two archive sizes; medians."""
+    out: dict[str, Any] = {}
+    for key, suffix in (("own_seconds", ""), ("wall_seconds", "_wall")):
+        fits = [
+            (_fit(r["ray_small"], r["ray_large"], key), _fit(r["loda_score"], r["loda_score_large"], key))
+            for r in rounds
+        ]  # fmt: skip
+        evens = [break_even(ray, base, goal) for ray, base in fits]
+        out[f"ray_fixed_seconds{suffix}"] = statistics.median(ray[0] for ray, _ in fits)
+        out[f"loda_score_fixed_seconds{suffix}"] = statistics.median(base[0] for _, base in fits)
+        out[f"ray_seconds_per_image{suffix}"] = statistics.median(ray[1] for ray, _ in fits)
+        out[f"loda_score_seconds_per_image{suffix}"] = statistics.median(b[1] for _, b in fits)
+        out[f"ray_overhead_marginal{suffix}"] = statistics.median(
+            1 - base[1] / ray[1] for ray, base in fits
+        )
+        # None (never) sorts last: the median of the per-round sizes, "never" where most are
+        known = sorted(e for e in evens if e is not None)
+        out[f"break_even_images{suffix}"] = (
+            known[len(evens) // 2] if len(known) > len(evens) // 2 else None
+        )
+    out["overhead_goal"] = goal
+    return out
+
+
 def summarise(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
     """The medians of the per-round ratios (paired runs of one round share the machine's load)."""
 
@@ -119,21 +207,34 @@ def summarise(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
            for r in rounds]  # fmt: skip
     rss = [r["ray_large"]["memory"]["peak_rss_sum_mb"] / r["ray_small"]["memory"]["peak_rss_sum_mb"]
            for r in rounds]  # fmt: skip
+    results |= fixed_and_marginal(rounds)
     results["memory_ratio_large_vs_small_pss"] = statistics.median(pss)
     results["memory_ratio_large_vs_small_rss"] = statistics.median(rss)
+    bare = [r["bare"]["first_row_seconds"] for r in rounds if "bare" in r]
+    if bare:
+        results["bare_ray_data_first_row_seconds"] = statistics.median(bare)
     results["rounds"] = rounds
     return results
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--onnx", type=Path, required=True, help="ONNX artifact to score with.")
-    parser.add_argument("--images", type=int, default=24, help="Images in the small tar.")
+    parser.add_argument("--onnx", type=Path, help="ONNX artifact to score with (required).")
+    parser.add_argument("--images", type=int, default=96, help="Images in the small tar.")
     parser.add_argument("--format", choices=[f.name for f in FORMATS], default="jpeg")
     parser.add_argument("--cpus", type=int, default=2, help="-j of loda-score, Ray's CPUs.")
     parser.add_argument("--rounds", type=int, default=2, help="Interleaved rounds (median).")
     parser.add_argument("--out", type=Path, default=Path("out/bench/ray"))
+    parser.add_argument(
+        "--bare", action="store_true", help="Also time a do-nothing Ray Data pipeline per round."
+    )
+    parser.add_argument("--bare-probe", type=int, metavar="CPUS", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.bare_probe:
+        print(bare_probe(args.bare_probe))
+        return
+    if args.onnx is None:
+        parser.error("the following arguments are required: --onnx")
     if args.rounds < 1 or args.images < 1:
         raise BenchError("--rounds and --images must be >= 1")
     out = args.out
@@ -150,6 +251,9 @@ def main() -> None:
         for name in order:
             log(f"round {i + 1}/{args.rounds}: {name}")
             this[name] = run(commands[name])
+        if args.bare:
+            log(f"round {i + 1}/{args.rounds}: a do-nothing Ray Data pipeline")
+            this["bare"] = {"first_row_seconds": _bare_run(args.cpus)}
         rounds.append(this)
     results: dict[str, Any] = {"machine": _common.machine_description()}
     results["args"] = {k: str(v) for k, v in vars(args).items()}
@@ -177,6 +281,17 @@ def _report(results: dict[str, Any]) -> None:
         f"PSS x{results['memory_ratio_large_vs_small_pss']:.2f}, "
         f"RSS x{results['memory_ratio_large_vs_small_rss']:.2f}; load average after "
         f"{results['load_average_after']}"
+    )
+    even = results["break_even_images"]
+    bare = results.get("bare_ray_data_first_row_seconds")
+    log(
+        f"fixed cost (own): Ray {results['ray_fixed_seconds']:.1f}s, loda-score "
+        f"{results['loda_score_fixed_seconds']:.1f}s"
+        + (f" (a do-nothing Ray Data pipeline: {bare:.1f}s to its first row)" if bare else "")
+        + f"; per image: Ray {results['ray_seconds_per_image']:.3f}s, loda-score "
+        f"{results['loda_score_seconds_per_image']:.3f}s: marginal overhead "
+        f"{results['ray_overhead_marginal']:.1%}; overhead <= {results['overhead_goal']:.0%} "
+        + (f"from {even:.0f} images on" if even is not None else "at no archive size")
     )
 
 

@@ -428,16 +428,27 @@ def _preprocess(r: dict[str, Any]) -> list[str]:
          _num(row.get("fast_vs_exact"), ".2f", "-") + "x"]
         for label, row in r["speed"].items()
     ]  # fmt: skip
-    lines = [f"Images/s per core, one thread. {run_line(r)}", ""]
-    lines += [*md_table(["image", *PATHS, "fast vs exact"], rows), ""]
+    if rows:
+        lines = [f"Images/s per core, one thread. {run_line(r)}", ""]
+        lines += [*md_table(["image", *PATHS, "fast vs exact"], rows), ""]
+    else:  # a fidelity-only run (--sizes with no size)
+        lines = [f"Fidelity only. {run_line(r)}", ""]
     fid = r.get("fidelity") or {}
-    for key in ("demo_set", "large_jpeg"):
-        if key in fid and "abs_dsrcc" in fid[key]:
+    for key in [k for k in fid if k == "demo_set" or k.startswith("large_jpeg")]:
+        if "abs_dsrcc" in fid[key]:
             f = fid[key]
+            ci = f.get("dsrcc_ci95")
             lines.append(
                 f"- fidelity, fast vs exact, {key} ({f['n']} images, {fid['model']}): "
                 f"|dSRCC| {f['abs_dsrcc']:.5f}"
+                + (f" (95% bootstrap CI of dSRCC [{ci[0]:+.4f}, {ci[1]:+.4f}])" if ci else "")
             )
+            finer = f.get("finer")
+            if finer:
+                lines.append(
+                    f"- the same set one DCT scale finer: |dSRCC| {finer['abs_dsrcc']:.5f} (95% "
+                    f"CI [{finer['dsrcc_ci95'][0]:+.4f}, {finer['dsrcc_ci95'][1]:+.4f}])"
+                )
     return lines
 
 
@@ -464,6 +475,34 @@ def _ray(r: dict[str, Any]) -> list[str]:
         f"Ray's overhead {100 * r['ray_overhead']:.1f}% (with start-up "
         f"{100 * r['ray_overhead_wall']:.1f}%){large}; peak PSS of the 4x archive / 1x: "
         f"{r['memory_ratio_large_vs_small_pss']:.2f}.",
+        *_ray_costs(r),
+    ]
+
+
+def _ray_costs(r: dict[str, Any]) -> list[str]:
+    """The fixed / per-image split of bench_ray.py (records written before it have none)."""
+    if "ray_overhead_marginal" not in r:
+        return []
+    goal = f"{100 * r['overhead_goal']:.0f}%"
+
+    def even(key: str) -> str:
+        n = r[key]
+        return f"from {n:.0f} images on" if n is not None else "at no archive size"
+
+    bare = r.get("bare_ray_data_first_row_seconds")
+    bare_text = (
+        f" (of which Ray Data alone, a do-nothing pipeline to its first row: {bare:.1f} s)"
+        if bare is not None
+        else ""
+    )
+    return [
+        "",
+        f"Fitted per command as fixed + per-image cost (own time): fixed {r['ray_fixed_seconds']:.1f} s "
+        f"for Ray{bare_text}, {r['loda_score_fixed_seconds']:.1f} s for loda-score; per image "
+        f"{r['ray_seconds_per_image']:.3f} s vs {r['loda_score_seconds_per_image']:.3f} s: the "
+        f"overhead a long run tends to is {100 * r['ray_overhead_marginal']:.1f}% "
+        f"({100 * r['ray_overhead_marginal_wall']:.1f}% with start-up). Overhead <= {goal} "
+        f"{even('break_even_images')} ({even('break_even_images_wall')} with start-up).",
     ]
 
 

@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -153,15 +153,20 @@ def prepare_item(
     cfg: PreprocessConfig,
     seed: int | None,
     max_pixels: int | None,
+    opener: Callable[..., BinaryIO] = open_regular,
 ) -> tuple:
     """Decode and crop one input (a file ``path`` or member ``data``): ``(crops, width, height,
-    None)``, or ``(None, None, None, error line)`` when it cannot be scored."""
+    None)``, or ``(None, None, None, error line)`` when it cannot be scored.
+
+    ``opener(path, name=source)`` opens ``path`` (default: a local regular file, which never
+    blocks on a FIFO put where the file was; loda-score-ray passes a URI store's opener).
+    """
     try:
         kwargs = {"name": source, "seed": seed, "max_pixels": max_pixels}
         if path is None:
             image = prepare_image(data, cfg, **kwargs)
-        else:  # never blocks on a FIFO put where the file was (see inputs.open_regular)
-            with open_regular(path, name=source) as f:
+        else:
+            with opener(path, name=source) as f:
                 image = prepare_image(f, cfg, **kwargs)
         return image.crops, image.width, image.height, None
     except Exception as exc:  # one bad input never stops a run: it becomes an error row

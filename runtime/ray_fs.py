@@ -43,7 +43,7 @@ from .inputs import (
     is_image_name,
 )
 
-__all__ = ["UriFiles", "check_inputs", "is_uri", "iter_any", "prepare_uri"]
+__all__ = ["UriFiles", "check_inputs", "is_uri", "iter_any"]
 
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _BUFFER = 1 << 20  # one read of an object store is one request: read ahead 1 MiB
@@ -168,20 +168,6 @@ def iter_any(
     return _UriEnumerator(
         files, skipped=skipped or _ignore, read_data=read_data, max_member_bytes=max_member_bytes
     ).run(list(specs))
-
-
-def prepare_uri(source: str, uri: str, cfg: Any, seed: int | None, max_pixels: int | None, files):
-    """``pipeline.prepare_item`` for an object named by URI: decoded from a buffered reader of
-    the store (no whole-object download first; the pixel limit is checked on the header)."""
-    from .pipeline import error_line
-    from .scorer import prepare_image
-
-    try:
-        with files.open(uri, name=source) as f:
-            image = prepare_image(f, cfg, name=source, seed=seed, max_pixels=max_pixels)
-        return image.crops, image.width, image.height, None
-    except Exception as exc:  # one bad input never stops a run: it becomes an error row
-        return None, None, None, error_line(exc)
 
 
 class _UriEnumerator(_Enumerator):

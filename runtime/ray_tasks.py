@@ -25,10 +25,10 @@ import numpy as np
 
 from loda.preprocess import ImageDecodeError, PreprocessConfig
 
-from .inputs import MEMBER_SEP, InputItem, is_archive_name
+from .inputs import MEMBER_SEP, InputItem, is_archive_name, open_regular
 from .output import ResultRow
 from .pipeline import prepare_item
-from .ray_fs import UriFiles, is_uri, iter_any, local_path, prepare_uri
+from .ray_fs import UriFiles, is_uri, iter_any, local_path
 from .ray_output import RayJobError
 from .scorer import PreparedImage, Scorer
 
@@ -136,9 +136,9 @@ def _decode(
     decode workers answer."""
     if item.error is not None:
         return None, None, None, item.error
-    if item.path is not None and is_uri(item.path):
-        return prepare_uri(item.source, item.path, cfg, seed, max_pixels, files)
-    return prepare_item(item.source, item.path, item.data, cfg, seed, max_pixels)
+    # a URI is read through a buffered reader of its store (no whole-object download first)
+    opener = files.open if item.path is not None and is_uri(item.path) else open_regular
+    return prepare_item(item.source, item.path, item.data, cfg, seed, max_pixels, opener)
 
 
 def _columns(rows: list[tuple]) -> dict[str, np.ndarray]:

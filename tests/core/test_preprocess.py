@@ -669,8 +669,9 @@ def test_config_decode_field():
 
 @pytest.mark.parametrize(
     "w,h",
-    # draft scales: 1/4, 1/2 (864 // 384 = 2), 1/8 (3073 // 384 = 8), 1/4 (3071 // 384 = 7),
-    # none (767 // 384 = 1), and a size that is not a multiple of the scale
+    # the reduced short side keeps >= ceil(1.9 x 384) = 730 px: 1/2 (1800 // 730 = 2), none
+    # (864 // 730 = 1), 1/4 (3073 // 730 = 4), 1/4 (3071 // 730 = 4), none (767), and 1/2 on a
+    # size that is not a multiple of the scale
     [(2400, 1800), (1152, 864), (3073, 3200), (3071, 3071), (767, 1535), (2403, 1601)],
 )
 def test_fast_path_same_geometry_and_close_pixels(tmp_path, w, h):
@@ -682,12 +683,20 @@ def test_fast_path_same_geometry_and_close_pixels(tmp_path, w, h):
     np.testing.assert_array_equal(fast.positions, exact.positions)
     diff = np.abs(fast.crops.astype(np.int16) - exact.crops.astype(np.int16))
     assert diff.mean() < 1.5, diff.mean()
-    if min(w, h) >= 768:  # a reduced-scale decode happened: not the exact pixels
+    if min(w, h) >= 2 * 730:  # a reduced-scale decode happened: not the exact pixels
         assert diff.max() > 0
+    else:  # too small to reduce with the margin: the exact path, byte for byte
+        np.testing.assert_array_equal(fast.crops, exact.crops)
 
 
-def test_fast_path_decodes_at_reduced_scale(tmp_path, monkeypatch):
-    path = _photo(tmp_path / "big.jpg", 3200, 2400, quality=90)
+@pytest.mark.parametrize(
+    "w,h,reduced",
+    # the smallest DCT scale that keeps both sides >= ceil(1.9 x 384) = 730 px: a 12 MP photo's
+    # 3000 px at 1/4 (750), 2400 px at 1/2 (1/4 would be 600), 1459 px at none (1/2: 729.5)
+    [(4000, 3000, (1000, 750)), (3200, 2400, (1600, 1200)), (1459, 1945, None)],
+)
+def test_fast_path_decodes_at_reduced_scale(tmp_path, monkeypatch, w, h, reduced):
+    path = _photo(tmp_path / "big.jpg", w, h, quality=90)
     from PIL import JpegImagePlugin
 
     calls = []
@@ -701,8 +710,7 @@ def test_fast_path_decodes_at_reduced_scale(tmp_path, monkeypatch):
 
     monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", jpeg_spy)
     preprocess_image(path, FAST)
-    # the smallest DCT scale that keeps both sides >= 384: 2400 // 384 = 6 -> 1/4
-    assert calls == [((384, 384), (800, 600))]
+    assert calls == ([((730, 730), reduced)] if reduced else [])
     calls.clear()
     preprocess_image(path)
     assert calls == []  # the exact path never drafts
@@ -710,9 +718,9 @@ def test_fast_path_decodes_at_reduced_scale(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("orientation", range(1, 9))
 def test_fast_path_applies_every_exif_orientation(tmp_path, orientation):
-    w, h = 1600, 1200
+    w, h = 2000, 1500  # reduced at 1/2 (1500 // 730 = 2)
     arr = np.full((h, w, 3), 128, dtype=np.uint8)
-    arr[:300, :300] = (255, 0, 0)  # a red block in the stored top-left corner
+    arr[:375, :375] = (255, 0, 0)  # a red block in the stored top-left corner
     exif = Image.Exif()
     exif[0x0112] = orientation
     path = tmp_path / "o.jpg"
