@@ -454,10 +454,22 @@ def test_kill_9_then_resume_loses_and_duplicates_nothing(micro, images, tmp_path
             assert row["status"] == "ok"
 
 
+def _long_tar(images: list[Path], tmp_path: Path, members: int = 60) -> tuple[Path, list[str]]:
+    """A tar of ``members`` distinct members (the images, repeated): a run long enough that a
+    signal sent after its first rows always lands mid-run (10 images take ~1 s on an idle
+    machine), and the sources its rows carry."""
+    tar = tmp_path / "long.tar"
+    with tarfile.open(tar, "w") as tf:
+        for i in range(members):
+            tf.add(images[i % len(images)], arcname=f"{i:03d}.png")
+    return tar, [f"{tar}::{i:03d}.png" for i in range(members)]
+
+
 @pytest.mark.slow
 def test_sigterm_flushes_a_consistent_file_and_exits_143(micro, images, tmp_path):
     out = tmp_path / "t.csv"
-    proc = _start(micro, images, out)
+    tar, sources = _long_tar(images, tmp_path)
+    proc = _start(micro, [tar], out)
     _wait_rows(out, 2, proc)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
@@ -466,18 +478,19 @@ def test_sigterm_flushes_a_consistent_file_and_exits_143(micro, images, tmp_path
     data = out.read_bytes()
     assert data.endswith(b"\n")
     partial = read_csv(out)
-    assert 2 <= len(partial) < len(images)
+    assert 2 <= len(partial) < len(sources)
     r = loda_score(
-        *images, "-m", micro.onnx_path, "-o", out, "-j", "1", "--batch-size", "15", "--resume"
+        tar, "-m", micro.onnx_path, "-o", out, "-j", "1", "--batch-size", "15", "--resume"
     )
     assert r.returncode == 0, r.stderr
-    assert [row["source"] for row in read_csv(out)] == [str(p) for p in images]
+    assert [row["source"] for row in read_csv(out)] == sources
 
 
 @pytest.mark.slow
 def test_sigint_exits_130_and_counts_the_rows_written(micro, images, tmp_path):
     out = tmp_path / "i.csv"
-    proc = _start(micro, images, out, "--no-progress")
+    tar, _ = _long_tar(images, tmp_path)
+    proc = _start(micro, [tar], out, "--no-progress")
     _wait_rows(out, 2, proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
