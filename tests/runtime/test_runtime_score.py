@@ -408,6 +408,13 @@ def test_no_images_is_a_warning_not_a_silent_success(micro, tmp_path):
 # --------------------------------------------------------------------------------------------
 
 
+def _default_sigint() -> None:
+    """In the child before exec: Ctrl-C as a foreground job in a terminal gets it. A shell
+    without job control starts background jobs (``make test &``) with SIGINT ignored, and an
+    ignored signal stays ignored across exec: loda-score would then rightly not react."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(micro, inputs, out, *extra) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "loda.runtime.cli", *map(str, inputs), "-m", str(micro.onnx_path),
@@ -415,6 +422,7 @@ def _start(micro, inputs, out, *extra) -> subprocess.Popen:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_default_sigint,
     )  # fmt: skip
 
 
