@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from loda.calib.int8 import STEM_MODULE_PATTERN
+
 
 @dataclass(frozen=True)
 class Recipe:
@@ -40,7 +42,7 @@ class Recipe:
 
 HEAD = r"loda\.model\.NormedLinear"  # the cosine head: one GEMM that makes the score
 # the first layers that see the image: the ViT's patch embedding and the ResNet's stem convs
-STEM = r"\bpatch_embed\.proj\b|\bfeature_model\.(conv1|bn1)\b"  # as calib.int8.STEM_MODULE_PATTERN
+STEM = STEM_MODULE_PATTERN.pattern
 RECIPES = {
     r.name: r
     for r in [

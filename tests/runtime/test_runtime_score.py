@@ -508,10 +508,7 @@ def test_sigint_exits_130_and_counts_the_rows_written(micro, images, tmp_path):
 
 
 def test_closed_stdout_pipe_stops_with_one_line(micro, images, tmp_path):
-    tar = tmp_path / "many.tar"  # 40 distinct members: still scoring when the reader goes
-    with tarfile.open(tar, "w") as tf:
-        for i in range(40):
-            tf.add(images[i % len(images)], arcname=f"{i}.png")
+    tar, _ = _long_tar(images, tmp_path, members=40)  # still scoring when the reader goes
     proc = subprocess.Popen(
         [sys.executable, "-m", "loda.runtime.cli", str(tar), "-m", str(micro.onnx_path),
          "-j", "0", "--batch-size", "15"],
