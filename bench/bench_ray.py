@@ -13,7 +13,9 @@ load included) and from the wall clock (everything included: Ray's start is paid
 ``first_row_seconds`` (the Ray run's own log line) is the part of a Ray run before its first
 row: the fixed cost that a longer run spreads. Memory: ``TreeMemory`` of the score benchmark
 (summed RSS, and PSS, which counts pages shared by several processes, such as Ray's object
-store, once).
+store, once), in a pass of its own after the timed rounds: polling ``/proc`` costs CPU on the
+cores being timed, and more for Ray's tree of ~13 processes than for loda-score's few, so a
+watched run is never a timed one.
 
 Fixed cost and per-image cost: with the two archive sizes a command's own time is fitted as
 ``T(N) = fixed + N x per_image`` (per round, then the median). The per-image ratio is the
@@ -54,18 +56,21 @@ def _command(name: str, module: str) -> list[str]:
     return [str(script)] if script.is_file() else [sys.executable, "-m", module]
 
 
-def run(cmd: list[str]) -> dict[str, Any]:
+def run(cmd: list[str], *, watch: bool = False) -> dict[str, Any]:
+    """One command as a subprocess: its own and wall-clock rates; with ``watch`` (a memory run,
+    not a timed one) also the peak memory of its process tree."""
     load_before = _common.load_average()
     with tempfile.TemporaryFile() as err:
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
-        # 0.5 s, not the default 0.05 s: reading smaps of Ray's ~13 processes 20 times a second
-        # took a share of the 2 cores that showed up as Ray overhead; VmHWM keeps every peak
-        watcher = TreeMemory(proc.pid, interval=POLL_SECONDS)
-        watcher.start()
+        # 0.5 s, not the default 0.05 s: fewer reads of Ray's smaps; VmHWM keeps every peak
+        watcher = TreeMemory(proc.pid, interval=POLL_SECONDS) if watch else None
+        if watcher is not None:
+            watcher.start()
         code = proc.wait()
         wall = time.perf_counter() - t0
-        watcher.stop()
+        if watcher is not None:
+            watcher.stop()
         err.seek(0)
         stderr = err.read().decode(errors="replace")
     matches = list(_SUMMARY.finditer(stderr))
@@ -85,7 +90,7 @@ def run(cmd: list[str]) -> dict[str, Any]:
         "images_per_s_wall": images / wall,
         "first_row_seconds": float(first_row.group(1)) if first_row else None,
         "load_average_before": load_before,
-        "memory": watcher.result(),
+        "memory": watcher.result() if watcher is not None else None,
     }
 
 
@@ -190,8 +195,11 @@ def fixed_and_marginal(rounds: list[dict[str, dict[str, Any]]], goal: float = GO
     return out
 
 
-def summarise(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
-    """The medians of the per-round ratios (paired runs of one round share the machine's load)."""
+def summarise(
+    rounds: list[dict[str, dict[str, Any]]], memory: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """The medians of the per-round ratios (paired runs of one round share the machine's load);
+    ``memory``: each command's peak memory from the watched pass."""
 
     def overhead(ray: str, base: str, rate: str = "images_per_s") -> float:
         return statistics.median(1 - r[ray][rate] / r[base][rate] for r in rounds)
@@ -203,13 +211,13 @@ def summarise(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
     results["ray_overhead_large_wall"] = overhead(
         "ray_large", "loda_score_large", "images_per_s_wall"
     )
-    pss = [r["ray_large"]["memory"]["peak_pss_sum_mb"] / r["ray_small"]["memory"]["peak_pss_sum_mb"]
-           for r in rounds]  # fmt: skip
-    rss = [r["ray_large"]["memory"]["peak_rss_sum_mb"] / r["ray_small"]["memory"]["peak_rss_sum_mb"]
-           for r in rounds]  # fmt: skip
     results |= fixed_and_marginal(rounds)
-    results["memory_ratio_large_vs_small_pss"] = statistics.median(pss)
-    results["memory_ratio_large_vs_small_rss"] = statistics.median(rss)
+    results["memory"] = memory
+    for kind in ("pss", "rss"):
+        key = f"peak_{kind}_sum_mb"
+        results[f"memory_ratio_large_vs_small_{kind}"] = (
+            memory["ray_large"][key] / memory["ray_small"][key]
+        )
     bare = [r["bare"]["first_row_seconds"] for r in rounds if "bare" in r]
     if bare:
         results["bare_ray_data_first_row_seconds"] = statistics.median(bare)
@@ -255,9 +263,13 @@ def main() -> None:
             log(f"round {i + 1}/{args.rounds}: a do-nothing Ray Data pipeline")
             this["bare"] = {"first_row_seconds": _bare_run(args.cpus)}
         rounds.append(this)
+    memory: dict[str, dict[str, Any]] = {}
+    for name in RUNS:
+        log(f"memory (not timed): {name}")
+        memory[name] = run(commands[name], watch=True)["memory"]
     results: dict[str, Any] = {"machine": _common.machine_description()}
     results["args"] = {k: str(v) for k, v in vars(args).items()}
-    results |= summarise(rounds)
+    results |= summarise(rounds, memory)
     results["load_average_after"] = _common.load_average()
     (out / "results.json").write_text(json.dumps(results, indent=2))
     _report(results)
@@ -271,8 +283,8 @@ def _report(results: dict[str, Any]) -> None:
             f"{key}: {r['images']} images, {r['images_per_s']:.2f} images/s "
             f"({r['images_per_s_wall']:.2f} with start-up"
             + (f"; first row after {first:.1f}s" if first is not None else "")
-            + f"), peak PSS {r['memory']['peak_pss_sum_mb']:.0f} MB, "
-            f"RSS {r['memory']['peak_rss_sum_mb']:.0f} MB"
+            + f"), peak PSS {results['memory'][key]['peak_pss_sum_mb']:.0f} MB, "
+            f"RSS {results['memory'][key]['peak_rss_sum_mb']:.0f} MB"
         )
     log(
         f"Ray overhead {results['ray_overhead']:.1%} (goal <= 15%), with start-up "

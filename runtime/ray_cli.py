@@ -43,7 +43,12 @@ __all__ = ["main", "score_ray_command"]
 )
 @inputs_argument
 @model_option
-@click.option("-o", "--output", required=True, help="Output folder (created).")
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    help="Output folder (created): a local path, or a URI prefix (s3://bucket/scores/, ...).",
+)
 @click.option(
     "--format",
     "fmt",
@@ -79,7 +84,8 @@ __all__ = ["main", "score_ray_command"]
     "--actors",
     type=click.IntRange(min=1),
     default=None,
-    help="Scoring actors (default: one per GPU, else 1).",
+    help="Scoring actors (default: one per GPU; CPU-only: one per CPU, at most 8, each with "
+    "CPUs / actors ONNX Runtime threads).",
 )
 @click.option(
     "--gpus-per-actor",
@@ -87,7 +93,13 @@ __all__ = ["main", "score_ray_command"]
     default=None,
     help="Default: 1 when the cluster has GPUs, else 0 (ONNX Runtime on CPU).",
 )
-@click.option("--cpus-per-actor", type=click.FloatRange(min=0), default=1.0, show_default=True)
+@click.option(
+    "--cpus-per-actor",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Ray CPUs each scoring actor reserves (default: 1 with GPUs; CPU-only: half the "
+    "cluster's CPUs shared by the actors, the rest left to the read tasks).",
+)
 @click.option(
     "--files-per-task",
     type=click.IntRange(min=1),
@@ -124,7 +136,7 @@ def score_ray_command(
     num_cpus: int | None,
     actors: int | None,
     gpus_per_actor: float | None,
-    cpus_per_actor: float,
+    cpus_per_actor: float | None,
     files_per_task: int,
     max_retries: int,
     rows_per_file: int,
@@ -133,7 +145,7 @@ def score_ray_command(
     """Score images with a LoDa model on Ray Data; one row per input, in a folder of parts."""
     from .inputs import InputError
     from .job import check_resume, skipped_lines
-    from .ray_fs import UriFiles, check_inputs
+    from .ray_fs import UriFiles, check_inputs, is_uri
     from .ray_job import RayScoreOptions, init_ray, score_to_directory
 
     with settings_as_usage_errors():
@@ -144,8 +156,11 @@ def score_ray_command(
         check_inputs(inputs, UriFiles())
     except InputError as exc:
         raise click.UsageError(first_line(exc)) from None
-    out = os.path.abspath(output)
-    if any(os.path.abspath(spec.lstrip("@")) == out for spec in inputs):
+
+    def same(spec: str) -> str:
+        return spec.rstrip("/") if is_uri(spec) else os.path.abspath(spec)
+
+    if any(same(spec.lstrip("@")) == same(output) for spec in inputs):
         raise click.UsageError(f"--output {output} is also an INPUT")
     options = RayScoreOptions(
         model=model,

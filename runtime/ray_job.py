@@ -41,7 +41,8 @@ URI INPUTs (``s3://``, ``gs://``, ``file://``: pyarrow filesystems), ``ray_outpu
   or ``seconds_per_file`` seconds, and at the end), so a visible part file is always complete; an
   empty ``_SUCCESS`` marker is written last, only when every input has its row. ``resume`` reads
   the complete parts (of any of the three formats), deletes stale temporary files and scores the
-  rest.
+  rest. The folder may be a URI prefix on a store (``ray_output.OutputFolder``: parts are
+  uploaded when complete, then moved to their final name).
 
 The driver holds the enumerated names (a few tens of bytes per image) and the rows that came
 ahead of their turn; images, crops and member bytes stay in the tasks and Ray's object store,
@@ -57,7 +58,6 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -71,9 +71,9 @@ from .ray_fs import UriFiles, check_inputs, iter_any
 from .ray_output import (
     OUTPUT_FORMATS,
     SUCCESS_NAME,
+    OutputFolder,
     PartWriter,
     RayJobError,
-    fsync_dir,
     parquet_text,
     prepare_directory,
     read_output,
@@ -113,9 +113,9 @@ class RayScoreOptions:
     fmt: str = "parquet"
     resume: bool = False
     overwrite: bool = False
-    actors: int | None = None  # default: one per GPU, else 1
+    actors: int | None = None  # default: one per GPU, else one per CPU (at most 8): cpu_pool
     gpus_per_actor: float | None = None  # default: 1 when the cluster has GPUs, else 0
-    cpus_per_actor: float = 1.0
+    cpus_per_actor: float | None = None  # default: 1 with GPUs, else cpu_pool's share
     files_per_task: int = 64
     max_retries: int = 3
     rows_per_file: int = 100_000
@@ -137,7 +137,7 @@ class RayRunStats:
     resumed_failed: int = 0
     duplicates_dropped: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
-    parts: list[Path] = field(default_factory=list)
+    parts: list[str] = field(default_factory=list)  # paths, or URIs on a store
     actors: int = 0
     gpus_per_actor: float = 0.0
     first_row_seconds: float = 0.0  # from the start to the first row: the fixed cost of a run
@@ -203,6 +203,8 @@ class _Plan:
     images_per_call: int
     actors: int
     gpus_per_actor: float
+    cpus_per_actor: float
+    read_cpus: float
     member_bytes: int
     max_pixels: int | None
 
@@ -220,7 +222,7 @@ def score_to_directory(
     log: Callable[[str], None] | None = None,
 ) -> RayRunStats:
     """Score ``inputs`` (local paths or URIs) on the Ray that is initialised (``init_ray``)
-    into the folder ``output``.
+    into the folder ``output`` (a local path, or a URI prefix on a store: ``OutputFolder``).
 
     Raises ``InputError`` for a missing INPUT, ``RayJobError`` when the run cannot start or does
     not complete (then no ``_SUCCESS`` and the complete parts so far stay for ``resume``).
@@ -230,7 +232,7 @@ def score_to_directory(
     files = UriFiles(options.filesystem)
     inputs = [os.fspath(spec) for spec in inputs]
     check_inputs(inputs, files)
-    out = Path(output)
+    out = OutputFolder(output, files)
     stats = RayRunStats()
     plan = _plan(options, say)
     # The clock starts after the driver opened the model, as loda-score's starts after its own
@@ -243,7 +245,10 @@ def score_to_directory(
         say(f"resuming: {len(done)} input(s) already in {out} ({errors} error row(s))")
     units, expected = _name_units(inputs, files, options, plan, done, stats)
     say(f"{expected} input(s) to score in {len(units)} read task(s)")
-    written = _run(units, out, files, options, plan, stats, start)
+    try:
+        written = _run(units, out, files, options, plan, stats, start)
+    finally:
+        out.close()
     stats.parts.sort()
     stats.seconds = time.perf_counter() - start
     if stats.first_row_seconds:
@@ -257,8 +262,7 @@ def score_to_directory(
             f"{missing} of {expected} input(s) got no row (the rows written are kept): "
             "rerun with --resume"
         )
-    (out / SUCCESS_NAME).write_bytes(b"")
-    fsync_dir(out)
+    out.write_empty(SUCCESS_NAME)
     return stats
 
 
@@ -271,11 +275,42 @@ def _check_options(options: RayScoreOptions) -> None:
         raise RayJobError("Ray is not initialised: call init_ray() first")
 
 
+#: CPU-only pools: one scoring actor per CPU up to this many (each holds its own model copy).
+MAX_CPU_ACTORS = 8
+
+
+def cpu_pool(
+    cpus: float, actors: int | None, threads: int | None, cpus_per_actor: float | None
+) -> tuple[int, int, float, float]:
+    """A CPU-only actor pool: ``(actors, ONNX Runtime threads per actor, Ray CPUs per actor,
+    Ray CPUs per read task)``, each given value kept.
+
+    Defaults: one actor per CPU (at most ``MAX_CPU_ACTORS``), the CPUs dealt out as ONNX Runtime
+    threads (one each on a small machine), and half of the cluster's Ray CPUs reserved for the
+    actors, the rest for the read tasks. Single-threaded actors because ONNX Runtime's threads of
+    one call wait for each other: with every core in one session, each preemption by Ray's own
+    processes stalls the whole call (docs/ray.md, measured).
+    """
+    n = max(1, int(cpus))
+    actors = actors or min(n, MAX_CPU_ACTORS)
+    threads = threads or max(1, n // actors)
+    read_cpus = min(1.0, cpus / 2)
+    if cpus_per_actor is None:
+        cpus_per_actor = cpus / (2 * actors)
+    if actors * cpus_per_actor + read_cpus > cpus + 1e-9:
+        raise RayJobError(
+            f"{actors} actor(s) x {cpus_per_actor:g} CPU(s) leave the read tasks less than "
+            f"{read_cpus:g} of the cluster's {cpus:g} CPU(s): lower --actors or --cpus-per-actor"
+        )
+    return actors, threads, cpus_per_actor, read_cpus
+
+
 def _plan(options: RayScoreOptions, say: Callable[[str], None]) -> _Plan:
     """Read the artifact's preprocessing and batch size once, here; size the actor pool."""
     ray = _ray()
     backend_options: dict[str, Any] = {"device": options.device, "threads": options.threads}
-    gpus = float(ray.cluster_resources().get("GPU", 0))
+    resources = ray.cluster_resources()
+    gpus = float(resources.get("GPU", 0))
     gpus_per_actor = options.gpus_per_actor
     if gpus_per_actor is None:
         gpus_per_actor = 1.0 if gpus > 0 and options.device != "cpu" else 0.0
@@ -297,7 +332,15 @@ def _plan(options: RayScoreOptions, say: Callable[[str], None]) -> _Plan:
             raise RayJobError(first_line(exc)) from None
         batch_crops = scorer.batch_size
         info = scorer.backend.info
-    actors = options.actors or (max(1, int(gpus // gpus_per_actor)) if gpus_per_actor else 1)
+    if gpus_per_actor:
+        actors = options.actors or max(1, int(gpus // gpus_per_actor))
+        cpus_per_actor = 1.0 if options.cpus_per_actor is None else options.cpus_per_actor
+        read_cpus = 1.0
+    else:
+        actors, threads, cpus_per_actor, read_cpus = cpu_pool(
+            float(resources.get("CPU", 1)), options.actors, options.threads, options.cpus_per_actor
+        )
+        backend_options["threads"] = threads
     max_pixels = options.max_pixels or None
     plan = _Plan(
         cfg=cfg,
@@ -306,15 +349,19 @@ def _plan(options: RayScoreOptions, say: Callable[[str], None]) -> _Plan:
         images_per_call=max(1, batch_crops // cfg.num_crops),
         actors=actors,
         gpus_per_actor=gpus_per_actor,
+        cpus_per_actor=cpus_per_actor,
+        read_cpus=read_cpus,
         member_bytes=options.max_member_bytes or member_cap(max_pixels),
         max_pixels=max_pixels,
     )
+    threads = backend_options["threads"]
     say(
         f"model {info.path.name} ({info.meta.model.name}, {info.precision}); {cfg.num_crops} "
         f"{cfg.layout} crops of {cfg.crop_size}px per image, batches of {batch_crops} crops "
         f"({plan.images_per_call} image(s) per actor call); {actors} scoring actor(s) with "
-        f"{gpus_per_actor:g} GPU(s) and {options.cpus_per_actor:g} CPU(s) each; Ray "
-        f"{ray.__version__}, cluster {_resources(ray.cluster_resources())}"
+        f"{gpus_per_actor:g} GPU(s), {cpus_per_actor:g} CPU(s)"
+        + (f" and {threads} ONNX Runtime thread(s)" if threads else "")
+        + f" each; Ray {ray.__version__}, cluster {_resources(resources)}"
     )
     return plan
 
@@ -358,7 +405,7 @@ def _name_units(
 
 def _run(
     units: list[str],
-    out: Path,
+    out: OutputFolder,
     files: UriFiles,
     options: RayScoreOptions,
     plan: _Plan,
@@ -515,7 +562,7 @@ def _dataset(units: list[str], files: UriFiles, options: RayScoreOptions, plan: 
                 "rows_per_batch": plan.images_per_call,
                 "files": files,
             },
-            num_cpus=1,
+            num_cpus=plan.read_cpus,
             max_retries=options.max_retries,
         )
         return ds.map_batches(
@@ -531,7 +578,7 @@ def _dataset(units: list[str], files: UriFiles, options: RayScoreOptions, plan: 
                 "kill_marker": os.environ.get(KILL_HOOK_ENV) or None,
             },
             compute=ray.data.ActorPoolStrategy(size=plan.actors),
-            num_cpus=options.cpus_per_actor,
+            num_cpus=plan.cpus_per_actor,
             num_gpus=plan.gpus_per_actor or None,
             max_restarts=options.max_retries,
             max_task_retries=options.max_retries,

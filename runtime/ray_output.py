@@ -1,32 +1,44 @@
 """The output folder of ``loda-score-ray``: complete-or-hidden part files and ``_SUCCESS``.
 
-A part is written under a hidden temporary name (``.part-NNNNN-RUN.EXT.tmp``), fsynced and
-renamed to ``part-NNNNN-RUN.EXT`` when complete, so a visible part file is never partial; the
-empty ``_SUCCESS`` is written last by the run, only when every input has its row. Parquet,
+A part is written under a hidden temporary name (``.part-NNNNN-RUN.EXT.tmp``) and given its
+final name ``part-NNNNN-RUN.EXT`` only when complete, so a visible part file is never partial;
+the empty ``_SUCCESS`` is written last by the run, only when every input has its row. Parquet,
 CSV and JSONL (``loda-score``'s encodings, through its ``ResultWriter``) are read back alike
-for ``--resume``. The folder is local (or a mounted one): renames are what make parts atomic.
+for ``--resume``.
+
+The folder is local (a ``file://`` URI counts as local) or a prefix on a store pyarrow writes
+(``s3://``, ``gs://``, ...: :class:`OutputFolder`). Locally the part is fsynced and renamed. On
+a store it is written to a local temporary file, uploaded under the hidden name and moved to the
+final one: on S3 and GCS an object becomes visible only when its upload (or copy) completes, so
+a reader never sees a partial part there either.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import json
 import os
+import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+from urllib.parse import urlsplit
 
 from loda.errors import LodaError
 
 from .inputs import normalise_key
 from .output import COLUMNS, ResultRow, ResultWriter
+from .ray_fs import UriFiles, is_uri
 
 __all__ = [
     "OUTPUT_FORMATS",
     "SUCCESS_NAME",
+    "OutputFolder",
     "PartWriter",
     "RayJobError",
     "fsync_dir",
@@ -65,63 +77,188 @@ def parquet_schema() -> Any:
     return pa.schema([(name, types.get(name, pa.string())) for name in COLUMNS])
 
 
-def _parts(directory: Path) -> list[Path]:
-    return sorted(
-        p
-        for p in directory.iterdir()
-        if p.name.startswith(_PART_PREFIX) and p.suffix in _SUFFIX.values() and p.is_file()
-    )
+def _is_part(name: str) -> bool:
+    return name.startswith(_PART_PREFIX) and os.path.splitext(name)[1] in _SUFFIX.values()
 
 
-def _temporaries(directory: Path) -> list[Path]:
-    return [p for p in directory.iterdir() if p.name.startswith(_TMP_PREFIX)]
+class OutputFolder:
+    """The OUTPUT folder, local or on a store: its file names, reading, publishing parts.
+
+    ``files`` resolves a URI to its pyarrow filesystem (``RayScoreOptions.filesystem`` serves
+    OUTPUT as it serves the URI INPUTs).
+    """
+
+    def __init__(self, output: str | os.PathLike, files: UriFiles | None = None) -> None:
+        spec = os.fspath(output)
+        self.text = spec
+        self.local: Path | None = None
+        self.fs: Any = None
+        self.path = ""
+        if is_uri(spec) and urlsplit(spec).scheme.lower() != "file":
+            self.fs, self.path = (files or UriFiles()).resolve(spec)
+        else:
+            self.local = Path(urlsplit(spec).path if is_uri(spec) else spec)
+        self._staging: Path | None = None
+
+    def __str__(self) -> str:
+        return self.text
+
+    def _key(self, name: str) -> str:
+        return f"{self.path.rstrip('/')}/{name}"
+
+    def where(self, name: str) -> str:
+        """A file's path, or its URI on a store."""
+        if self.local is not None:
+            return str(self.local / name)
+        return f"{self.text.rstrip('/')}/{name}"
+
+    def create(self) -> None:
+        """Make the folder (``RayJobError`` if OUTPUT is a file, or the store refuses)."""
+        try:
+            if self.local is not None:
+                if self.local.exists() and not self.local.is_dir():
+                    raise RayJobError(
+                        f"--output {self} is not a directory (loda-score-ray writes a folder)"
+                    )
+                self.local.mkdir(parents=True, exist_ok=True)
+                return
+            from pyarrow.fs import FileType
+
+            if self.fs.get_file_info(self.path).type == FileType.File:
+                raise RayJobError(f"--output {self} is an object, not a folder (prefix)")
+            self.fs.create_dir(self.path)
+        except OSError as exc:
+            raise RayJobError(f"cannot create --output {self}: {exc}") from None
+
+    def names(self) -> list[str]:
+        """The names of the files directly in the folder (none if it does not exist)."""
+        if self.local is not None:
+            if not self.local.is_dir():
+                return []
+            return sorted(p.name for p in self.local.iterdir() if p.is_file())
+        from pyarrow.fs import FileSelector, FileType
+
+        infos = self.fs.get_file_info(FileSelector(self.path, allow_not_found=True))
+        return sorted(i.base_name for i in infos if i.type == FileType.File)
+
+    def parts(self) -> list[str]:
+        return [n for n in self.names() if _is_part(n)]
+
+    def temporaries(self) -> list[str]:
+        return [n for n in self.names() if n.startswith(_TMP_PREFIX)]
+
+    def delete(self, name: str) -> None:
+        if self.local is not None:
+            (self.local / name).unlink(missing_ok=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.delete_file(self._key(name))
+
+    def open_text(self, name: str, errors: str = "strict") -> IO[str]:
+        if self.local is not None:
+            return open(self.local / name, encoding="utf-8", errors=errors, newline="")
+        raw = self.fs.open_input_stream(self._key(name))
+        return io.TextIOWrapper(raw, encoding="utf-8", errors=errors, newline="")
+
+    def read_table(self, name: str) -> Any:
+        import pyarrow.parquet as pq
+
+        if self.local is not None:
+            return pq.read_table(self.local / name)
+        return pq.read_table(self._key(name), filesystem=self.fs)
+
+    def staging(self) -> Path:
+        """Where part files are written before they are complete: the folder itself when local,
+        else a local temporary folder (removed by ``close``)."""
+        if self.local is not None:
+            return self.local
+        if self._staging is None:
+            self._staging = Path(tempfile.mkdtemp(prefix="loda-ray-parts-"))
+        return self._staging
+
+    def publish(self, tmp: Path, name: str) -> str:
+        """A complete part (``tmp``, in ``staging()``) under its final ``name``; its location."""
+        if self.local is not None:
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, self.local / name)
+            fsync_dir(self.local)
+            return self.where(name)
+        hidden = self._key(tmp.name)
+        try:
+            with open(tmp, "rb") as src, self.fs.open_output_stream(hidden) as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+            self.fs.move(hidden, self._key(name))
+        except OSError as exc:
+            raise RayJobError(f"cannot write {self.where(name)}: {exc}") from None
+        tmp.unlink()
+        return self.where(name)
+
+    def write_empty(self, name: str) -> None:
+        if self.local is not None:
+            (self.local / name).write_bytes(b"")
+            fsync_dir(self.local)
+            return
+        with self.fs.open_output_stream(self._key(name)):
+            pass
+
+    def exists(self, name: str) -> bool:
+        return name in self.names()
+
+    def close(self) -> None:
+        """Remove the local staging folder of a store output (a failed run's unfinished part
+        is never uploaded: nothing partial reaches the store)."""
+        if self._staging is not None:
+            shutil.rmtree(self._staging, ignore_errors=True)
+            self._staging = None
 
 
-def read_output(directory: str | os.PathLike) -> dict[str, tuple[str, dict[str, Any]]]:
-    """``{source: (status, row)}`` of every complete part file in ``directory`` (any format).
+def read_output(
+    directory: str | os.PathLike | OutputFolder, files: UriFiles | None = None
+) -> dict[str, tuple[str, dict[str, Any]]]:
+    """``{source: (status, row)}`` of every complete part file in ``directory`` (any format;
+    a local folder or a store prefix, see :class:`OutputFolder`).
 
     A source in two parts (which a correct run never writes) raises ``RayJobError``.
     """
-    directory = Path(directory)
+    folder = directory if isinstance(directory, OutputFolder) else OutputFolder(directory, files)
     rows: dict[str, tuple[str, dict[str, Any]]] = {}
-    for part in _parts(directory):
-        for row in _part_rows(part):
+    for part in folder.parts():
+        for row in _part_rows(folder, part):
             if row["source"] in rows:
-                raise RayJobError(f"{row['source']!r} has two rows in {directory}")
+                raise RayJobError(f"{row['source']!r} has two rows in {folder}")
             rows[row["source"]] = (row["status"], row)
     return rows
 
 
-def _part_rows(part: Path) -> Iterator[dict[str, Any]]:
-    if part.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        yield from pq.read_table(part).to_pylist()
+def _part_rows(folder: OutputFolder, part: str) -> Iterator[dict[str, Any]]:
+    if part.endswith(".parquet"):
+        yield from folder.read_table(part).to_pylist()
         return
-    if part.suffix == ".jsonl":
-        with open(part, encoding="utf-8") as f:
+    if part.endswith(".jsonl"):
+        with folder.open_text(part) as f:
             for line in f:
                 yield json.loads(line)
         return
-    with open(part, encoding="utf-8", errors="surrogateescape", newline="") as f:
+    with folder.open_text(part, errors="surrogateescape") as f:
         yield from csv.DictReader(f)
 
 
 class PartWriter:
-    """Rows to rolling part files: ``.part-NNNNN-RUN.EXT.tmp`` renamed to ``part-NNNNN-RUN.EXT``
-    when complete, so a visible part file is never partial."""
+    """Rows to rolling part files: ``.part-NNNNN-RUN.EXT.tmp`` published as
+    ``part-NNNNN-RUN.EXT`` when complete, so a visible part file is never partial."""
 
-    def __init__(self, directory: Path, fmt: str, rows_per_file: int, seconds: float) -> None:
-        self.directory = directory
+    def __init__(self, folder: OutputFolder, fmt: str, rows_per_file: int, seconds: float) -> None:
+        self.folder = folder
         self.fmt = fmt
         self.rows_per_file = rows_per_file
         self.seconds = seconds
         self.run = uuid.uuid4().hex[:8]
-        self.index = len(_parts(directory))
-        self.parts: list[Path] = []
+        self.index = len(folder.parts())
+        self.parts: list[str] = []
         self._writer: Any = None
         self._tmp: Path | None = None
-        self._final: Path | None = None
+        self._final: str | None = None
         self._rows = 0
         self._opened = 0.0
         self._buffer: list[dict[str, Any]] = []
@@ -129,8 +266,8 @@ class PartWriter:
     def _open(self) -> None:
         name = f"{self.index:05d}-{self.run}{_SUFFIX[self.fmt]}"
         self.index += 1
-        self._final = self.directory / f"{_PART_PREFIX}{name}"
-        self._tmp = self.directory / f"{_TMP_PREFIX}{name}.tmp"
+        self._final = f"{_PART_PREFIX}{name}"
+        self._tmp = self.folder.staging() / f"{_TMP_PREFIX}{name}.tmp"
         if self.fmt == "parquet":
             import pyarrow.parquet as pq
 
@@ -180,11 +317,7 @@ class PartWriter:
         self._writer.close()
         self._writer = None
         assert self._tmp is not None and self._final is not None
-        with open(self._tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(self._tmp, self._final)
-        fsync_dir(self.directory)
-        self.parts.append(self._final)
+        self.parts.append(self.folder.publish(self._tmp, self._final))
 
     def abandon(self) -> None:
         """A failed run: close the current temporary file and leave it as it is (hidden)."""
@@ -203,24 +336,23 @@ def fsync_dir(directory: Path) -> None:
             os.close(fd)
 
 
-def prepare_directory(out: Path, *, resume: bool, overwrite: bool) -> dict[str, str]:
-    """Check / clean the output directory; return ``{normalised source: status}`` to resume."""
-    if out.exists() and not out.is_dir():
-        raise RayJobError(f"--output {out} is not a directory (loda-score-ray writes a folder)")
-    out.mkdir(parents=True, exist_ok=True)
-    ours = _parts(out) + _temporaries(out) + [p for p in [out / SUCCESS_NAME] if p.exists()]
+def prepare_directory(out: OutputFolder, *, resume: bool, overwrite: bool) -> dict[str, str]:
+    """Check / clean the output folder; return ``{normalised source: status}`` to resume."""
+    out.create()
+    names = out.names()
+    ours = out.parts() + out.temporaries() + [n for n in names if n == SUCCESS_NAME]
     if ours and not (resume or overwrite):
         raise RayJobError(
             f"--output {out} already holds results: pass --resume to continue or --overwrite"
         )
     done: dict[str, str] = {}
     if overwrite:
-        for p in ours:
-            p.unlink()
+        for name in ours:
+            out.delete(name)
     elif resume:
-        (out / SUCCESS_NAME).unlink(missing_ok=True)
-        for p in _temporaries(out):  # parts of a run that did not finish them
-            p.unlink()
+        out.delete(SUCCESS_NAME)
+        for name in out.temporaries():  # parts of a run that did not finish them
+            out.delete(name)
         for source, (status, _row) in read_output(out).items():
             done[normalise_key(source)] = status
     return done

@@ -66,3 +66,24 @@ def test_medians_over_rounds():
     out = bench.fixed_and_marginal(rounds, goal=0.15)
     assert out["ray_fixed_seconds"] == pytest.approx(5.0)
     assert out["break_even_images"] == pytest.approx(3.75 / 0.0095)
+
+
+def test_memory_comes_from_the_untimed_pass():
+    bench = _bench_ray()
+    rounds = [_round(5.0, 0.13, 0.5, 0.12)]
+    for r in rounds[0].values():
+        r["images_per_s"] = r["images"] / r["own_seconds"]
+        r["images_per_s_wall"] = r["images"] / r["wall_seconds"]
+    memory = {
+        name: {"peak_pss_sum_mb": pss, "peak_rss_sum_mb": 2 * pss}
+        for name, pss in (
+            ("loda_score", 500.0),
+            ("ray_small", 1600.0),
+            ("loda_score_large", 510.0),
+            ("ray_large", 1680.0),
+        )
+    }
+    out = bench.summarise(rounds, memory)
+    assert out["memory"] is memory
+    assert out["memory_ratio_large_vs_small_pss"] == pytest.approx(1.05)
+    assert out["memory_ratio_large_vs_small_rss"] == pytest.approx(1.05)

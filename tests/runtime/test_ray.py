@@ -374,3 +374,65 @@ def test_missing_uri_is_an_input_error(local_ray, micro, s3, tmp_path):
 
     with pytest.raises(InputError, match=r"input not found: s3://bkt/no/such\.tar"):
         score_to_directory(["s3://bkt/no/such.tar"], tmp_path / "o", options(micro, filesystem=s3))
+
+
+def s3_names(fs, prefix: str) -> list[str]:
+    from pyarrow.fs import FileSelector
+
+    infos = fs.get_file_info(FileSelector(prefix, allow_not_found=True, recursive=True))
+    return sorted(i.path.removeprefix(prefix + "/") for i in infos if i.is_file)
+
+
+def test_s3_output_parts_success_and_resume(local_ray, micro, shards, reference, s3, tmp_path):
+    from loda.runtime.ray_fs import UriFiles
+
+    _root, inputs = shards
+    out = "s3://bkt/scores/run"
+    score_to_directory(inputs, out, options(micro, rows_per_file=5, filesystem=s3))
+    names = s3_names(s3, "bkt/scores/run")
+    parts = [n for n in names if n.startswith("part-")]
+    assert len(parts) == 4 and all(n.endswith(".parquet") for n in parts)  # 16 rows, 5 per part
+    assert names == sorted([*parts, SUCCESS_NAME])  # nothing hidden left behind
+    rows = [row for _s, (_st, row) in read_output(out, UriFiles(s3)).items()]
+    assert_same_scores(rows, reference)
+    with pytest.raises(RayJobError, match="--resume"):
+        score_to_directory(inputs, out, options(micro, filesystem=s3))
+    # A run that died: one part never published, a stale hidden upload, no _SUCCESS.
+    lost = f"bkt/scores/run/{parts[-1]}"
+    with s3.open_input_stream(lost) as f:
+        data = f.read()
+    s3.delete_file(lost)
+    with s3.open_output_stream("bkt/scores/run/.part-99999-dead.parquet.tmp") as f:
+        f.write(data[:100])
+    s3.delete_file(f"bkt/scores/run/{SUCCESS_NAME}")
+    stats = score_to_directory(inputs, out, options(micro, resume=True, filesystem=s3))
+    import pyarrow.parquet as pq
+
+    n_lost = pq.read_table(io.BytesIO(data)).num_rows
+    assert stats.resumed == len(reference) - n_lost and stats.images == n_lost
+    names = s3_names(s3, "bkt/scores/run")
+    assert SUCCESS_NAME in names and not [n for n in names if n.startswith(".")]
+    assert stats.parts == [f"{out}/{n}" for n in names if n.startswith("part-")][-1:]
+    rows = [row for _s, (_st, row) in read_output(out, UriFiles(s3)).items()]
+    assert_same_scores(rows, reference)
+
+
+def test_s3_output_that_is_an_object_is_refused(local_ray, micro, shards, s3):
+    _root, inputs = shards
+    with s3.open_output_stream("bkt/taken") as f:
+        f.write(b"x")
+    with pytest.raises(RayJobError, match="is an object, not a folder"):
+        score_to_directory(inputs, "s3://bkt/taken", options(micro, filesystem=s3))
+
+
+def test_cpu_pool_defaults_and_limits():
+    from loda.runtime.ray_job import MAX_CPU_ACTORS, cpu_pool
+
+    # (actors, ONNX Runtime threads each, Ray CPUs each, Ray CPUs per read task)
+    assert cpu_pool(2, None, None, None) == (2, 1, 0.5, 1.0)
+    assert cpu_pool(16, None, None, None) == (MAX_CPU_ACTORS, 16 // MAX_CPU_ACTORS, 1.0, 1.0)
+    assert cpu_pool(1, None, None, None) == (1, 1, 0.5, 0.5)
+    assert cpu_pool(2, 1, None, None) == (1, 2, 1.0, 1.0)  # one actor: every core in it
+    assert cpu_pool(4, 2, 3, 0.25) == (2, 3, 0.25, 1.0)  # given values are kept
+    with pytest.raises(RayJobError, match="leave the read tasks"):
+        cpu_pool(2, 2, None, 1.0)  # 2 x 1 CPU + a read task's 1 > 2: Ray would wait for ever
