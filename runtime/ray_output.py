@@ -202,9 +202,6 @@ class OutputFolder:
         with self.fs.open_output_stream(self._key(name)):
             pass
 
-    def exists(self, name: str) -> bool:
-        return name in self.names()
-
     def close(self) -> None:
         """Remove the local staging folder of a store output (a failed run's unfinished part
         is never uploaded: nothing partial reaches the store)."""
