@@ -141,11 +141,13 @@ class OutputFolder:
         infos = self.fs.get_file_info(FileSelector(self.path, allow_not_found=True))
         return sorted(i.base_name for i in infos if i.type == FileType.File)
 
-    def parts(self) -> list[str]:
-        return [n for n in self.names() if _is_part(n)]
+    def parts(self, names: list[str] | None = None) -> list[str]:
+        """The complete part files among ``names`` (default: the folder's, listed now)."""
+        return [n for n in (self.names() if names is None else names) if _is_part(n)]
 
-    def temporaries(self) -> list[str]:
-        return [n for n in self.names() if n.startswith(_TMP_PREFIX)]
+    def temporaries(self, names: list[str] | None = None) -> list[str]:
+        """The hidden unfinished parts among ``names`` (default: the folder's, listed now)."""
+        return [n for n in (self.names() if names is None else names) if n.startswith(_TMP_PREFIX)]
 
     def delete(self, name: str) -> None:
         if self.local is not None:
@@ -336,8 +338,9 @@ def fsync_dir(directory: Path) -> None:
 def prepare_directory(out: OutputFolder, *, resume: bool, overwrite: bool) -> dict[str, str]:
     """Check / clean the output folder; return ``{normalised source: status}`` to resume."""
     out.create()
-    names = out.names()
-    ours = out.parts() + out.temporaries() + [n for n in names if n == SUCCESS_NAME]
+    names = out.names()  # listed once (on a store, each listing is a request)
+    temporaries = out.temporaries(names)
+    ours = out.parts(names) + temporaries + [n for n in names if n == SUCCESS_NAME]
     if ours and not (resume or overwrite):
         raise RayJobError(
             f"--output {out} already holds results: pass --resume to continue or --overwrite"
@@ -348,7 +351,7 @@ def prepare_directory(out: OutputFolder, *, resume: bool, overwrite: bool) -> di
             out.delete(name)
     elif resume:
         out.delete(SUCCESS_NAME)
-        for name in out.temporaries():  # parts of a run that did not finish them
+        for name in temporaries:  # parts of a run that did not finish them
             out.delete(name)
         for source, (status, _row) in read_output(out).items():
             done[normalise_key(source)] = status
