@@ -32,7 +32,9 @@
    (512x384 PNG: only JPEGs have a fast path, so its crops are the exact ones, which is
    checked), and N of its images upscaled to each ``--large-sizes`` size (default 4000x3000;
    bicubic + the same grain) as JPEG quality 90: key ``large_jpeg`` for 4000x3000,
-   ``large_jpeg_WxH`` for the others.
+   ``large_jpeg_WxH`` for the others. ``--fidelity-nulls`` also scores the exact path under
+   changes that should not matter (the JPEG at quality 91, another grain draw, the resize in
+   float32 rounded once): the |dSRCC| the measurement resolves, beside the fast path's.
 
 JSON to ``--json`` (default ``OUT/bench_preprocess.json``), the tables to stdout, progress to
 stderr. Run: ``.venv/bin/python bench/bench_preprocess.py --out out/bench/preprocess``.
@@ -64,6 +66,7 @@ if str(ROOT) not in sys.path:  # run as ``python bench/bench_preprocess.py`` fro
 from loda.metadata import git_commit  # noqa: E402
 from loda.preprocess import (  # noqa: E402
     FAST_MARGIN,
+    RESIZE_FILTERS,
     PreprocessConfig,
     crop_positions,
     extract_crops,
@@ -315,6 +318,7 @@ def measure_fidelity(
     demo: Path | None,
     large_sizes: list[tuple[int, int]],
     variants: bool = False,
+    nulls: bool = False,
 ) -> dict[str, Any]:
     from loda.data.datasets import read_dataset
     from loda.data.demo import make_demo_set
@@ -356,7 +360,7 @@ def measure_fidelity(
         chosen = samples[::step][:n_large]
         for size in large_sizes:
             key = "large_jpeg" if size == LARGE else f"large_jpeg_{size[0]}x{size[1]}"
-            result[key] = _large_fidelity(chosen, size, grain, scores, variants)
+            result[key] = _large_fidelity(chosen, size, grain, scores, variants, nulls)
     return result
 
 
@@ -378,33 +382,70 @@ def finer_crops(data: bytes, cfg: PreprocessConfig) -> np.ndarray | None:
     return extract_crops(small, positions, cfg.crop_size)
 
 
+def jpeg_bytes(arr: np.ndarray, quality: int = 90) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def float_resize_crops(data: bytes, cfg: PreprocessConfig) -> np.ndarray:
+    """The exact path's resize computed in float32 (Pillow's ``F`` mode, per channel) and
+    rounded to nearest once, instead of Pillow's 8-bit fixed-point resampler: the same
+    filter, different rounding (a null change)."""
+    with Image.open(io.BytesIO(data)) as im:
+        rgb = im.convert("RGB")
+    size = resized_size(*rgb.size, cfg.resize_short)
+    filt = RESIZE_FILTERS[cfg.resize_filter]
+    bands = [np.asarray(b.convert("F").resize(size, filt)) for b in rgb.split()]
+    small = np.clip(np.rint(np.stack(bands, -1)), 0, 255).astype(np.uint8)
+    return extract_crops(small, crop_positions(size[1], size[0], cfg), cfg.crop_size)
+
+
+# The null changes (--fidelity-nulls): the exact path on inputs or arithmetic that should not
+# matter, scored like the fast path, to show what |dSRCC| the measurement itself resolves.
+NULLS = {
+    "jpeg_q91": "exact path, the JPEG saved at quality 91 instead of 90",
+    "grain_draw2": "exact path, another draw of the grain",
+    "float_resize": "exact path's resize in float32, rounded once (Pillow's is 8-bit fixed point)",
+}
+
+
 def _large_fidelity(
     chosen: list[Any],
     size: tuple[int, int],
     grain: float,
     scores: Callable[..., list[float]],
     variants: bool = False,
+    nulls: bool = False,
 ) -> dict[str, Any]:
-    """Demo images upscaled to ``size`` with grain, as JPEG q90: exact vs fast scores (and,
-    with ``variants``, exact vs the fast path one DCT scale finer: key ``finer``)."""
+    """Demo images upscaled to ``size`` with grain, as JPEG q90: exact vs fast scores (with
+    ``variants``, exact vs the fast path one DCT scale finer: key ``finer``; with ``nulls``,
+    exact vs each of :data:`NULLS`: key ``nulls``)."""
     exact, fast = PreprocessConfig(), PreprocessConfig(decode="fast")
     log(f"fidelity: {len(chosen)} demo images upscaled to {size[0]}x{size[1]}")
-    rng = np.random.default_rng(1)
-    grain_field = rng.normal(0.0, grain, (size[1], size[0], 3)).astype(np.float32)
-    cols: dict[str, list[float]] = {k: [] for k in ("jpeg_e", "jpeg_f", "jpeg_finer")}
+    shape = (size[1], size[0], 3)
+    grain_field = np.random.default_rng(1).normal(0.0, grain, shape).astype(np.float32)
+    grain_field2 = (
+        np.random.default_rng(2).normal(0.0, grain, shape).astype(np.float32) if nulls else None
+    )
+    cols: dict[str, list[float]] = {}
     for i, s in enumerate(chosen):
         with Image.open(s.path) as im:
-            big = im.convert("RGB").resize(size, Image.Resampling.BICUBIC)
-        arr = np.clip(np.asarray(big, np.float32) + grain_field, 0, 255).astype(np.uint8)
-        buf = io.BytesIO()
-        Image.fromarray(arr).save(buf, format="JPEG", quality=90)
-        data = buf.getvalue()
-        crops = [preprocess_image(data, c) for c in (exact, fast)]
-        finer = finer_crops(data, exact) if variants else None
-        if finer is not None:
-            crops.append(finer)
-        for key, value in zip(cols, scores(*crops), strict=False):
-            cols[key].append(value)
+            big = np.asarray(im.convert("RGB").resize(size, Image.Resampling.BICUBIC), np.float32)
+        arr = np.clip(big + grain_field, 0, 255).astype(np.uint8)
+        data = jpeg_bytes(arr)
+        crops = {"jpeg_e": preprocess_image(data, exact), "jpeg_f": preprocess_image(data, fast)}
+        if variants:
+            finer = finer_crops(data, exact)
+            if finer is not None:
+                crops["jpeg_finer"] = finer
+        if grain_field2 is not None:
+            crops["jpeg_q91"] = preprocess_image(jpeg_bytes(arr, 91), exact)
+            arr2 = np.clip(big + grain_field2, 0, 255).astype(np.uint8)
+            crops["grain_draw2"] = preprocess_image(jpeg_bytes(arr2), exact)
+            crops["float_resize"] = float_resize_crops(data, exact)
+        for key, value in zip(crops, scores(*crops.values()), strict=True):
+            cols.setdefault(key, []).append(value)
         if (i + 1) % 25 == 0:
             log(f"  {i + 1}/{len(chosen)}")
     mos = [s.mos for s in chosen]
@@ -413,8 +454,12 @@ def _large_fidelity(
         "grain_sigma": grain,
         **_compare(cols["jpeg_e"], cols["jpeg_f"], mos),
     }
-    if cols["jpeg_finer"]:
+    if cols.get("jpeg_finer"):
         result["finer"] = _compare(cols["jpeg_e"], cols["jpeg_finer"], mos)
+    if nulls:
+        result["nulls"] = {
+            k: {"what": what, **_compare(cols["jpeg_e"], cols[k], mos)} for k, what in NULLS.items()
+        }
     return result
 
 
@@ -457,7 +502,10 @@ def print_tables(report: dict[str, Any]) -> None:
                     f"{r['identical_crops']}/{r['n']}) | 0 | - |"
                 )
                 continue
-            for label, row in ((key, r), (f"{key}, one scale finer", r.get("finer"))):
+            nulls = r.get("nulls", {})
+            labelled = [(key, r), (f"{key}, one scale finer", r.get("finer"))]
+            labelled += [(f"{key}, null: {k}", v) for k, v in nulls.items()]
+            for label, row in labelled:
                 if row is not None:
                     print(
                         f"| {label} | {row['n']} | {row['max_abs_dscore']:.5f} | "
@@ -496,6 +544,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--fidelity-variants", action="store_true",
         help="also score the fast path one DCT scale finer (1/2 where it uses 1/4)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--fidelity-nulls", action="store_true",
+        help="also score null changes of the exact path (JPEG quality 91, another grain draw, "
+        "float32 resize) to calibrate |dSRCC|",
     )  # fmt: skip
     args = ap.parse_args(argv)
     if args.images_per_size < 1 or args.rounds < 1 or args.fidelity_images < 0:
@@ -543,6 +596,7 @@ def main(argv: list[str] | None = None) -> int:
             args.demo,
             args.large_sizes,
             args.fidelity_variants,
+            args.fidelity_nulls,
         )
     report["machine"]["load_average_end"] = load_average()
     json_path.write_text(json.dumps(report, indent=2) + "\n")

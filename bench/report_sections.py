@@ -449,6 +449,12 @@ def _preprocess(r: dict[str, Any]) -> list[str]:
                     f"- the same set one DCT scale finer: |dSRCC| {finer['abs_dsrcc']:.5f} (95% "
                     f"CI [{finer['dsrcc_ci95'][0]:+.4f}, {finer['dsrcc_ci95'][1]:+.4f}])"
                 )
+            for null in (f.get("nulls") or {}).values():
+                lines.append(
+                    f"- null change, {null['what']}: |dSRCC| {null['abs_dsrcc']:.5f} (95% CI "
+                    f"[{null['dsrcc_ci95'][0]:+.4f}, {null['dsrcc_ci95'][1]:+.4f}]), mean "
+                    f"|dscore| {null['mean_abs_dscore']:.4f} (fast path {f['mean_abs_dscore']:.4f})"
+                )
     return lines
 
 
