@@ -367,14 +367,16 @@ def measure_fidelity(
 def finer_crops(data: bytes, cfg: PreprocessConfig) -> np.ndarray | None:
     """The fast path one DCT scale finer (1/2 where it decodes at 1/4; None where that is the
     full-size decode), resized and cropped as the fast path does: is the error the scale's?"""
-    with Image.open(io.BytesIO(data)) as im:
+    keep = math.ceil(FAST_MARGIN * cfg.resize_short)
+    with Image.open(io.BytesIO(data)) as im:  # the fast path's request: which scale Pillow picks
         w, h = im.size
-        keep = math.ceil(FAST_MARGIN * cfg.resize_short)
-        scale = next((k for k in (8, 4, 2) if min(w, h) // k >= keep), 1)
-        if scale < 4:
-            return None
-        finer = scale // 2
-        drafted = im.draft(None, (w // finer, h // finer))
+        im.draft(None, (keep, keep))
+        scale = round(w / im.size[0])
+    if scale < 4:
+        return None
+    finer = scale // 2
+    with Image.open(io.BytesIO(data)) as im:
+        drafted = im.draft(None, (-(-w // finer), -(-h // finer)))
         im.load()
         size = resized_size(w, h, cfg.resize_short)
         small = np.asarray(im.resize(size, Image.Resampling.BICUBIC, box=drafted[1]))

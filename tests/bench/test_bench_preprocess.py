@@ -67,3 +67,15 @@ def test_large_fidelity_scores_every_null_and_the_report_shows_them(tmp_path):
     text = "\n".join(sections.bench_preprocess([("bench_preprocess.json", record)]))
     for row in result["nulls"].values():
         assert f"null change, {row['what']}: |dSRCC| {row['abs_dsrcc']:.5f}" in text
+
+
+def test_finer_crops_decode_one_scale_finer_than_the_fast_path():
+    bench = _bench("bench_preprocess")
+    cfg = PreprocessConfig()
+    assert bench.finer_crops(_smooth_jpeg(2048, 1536, seed=2), cfg) is None  # fast path: 1/2
+    data = _smooth_jpeg(4000, 3000, seed=2)  # fast path: 1/4, so finer is 1/2
+    finer = bench.finer_crops(data, cfg)
+    exact = preprocess_image(data, cfg)
+    fast = preprocess_image(data, PreprocessConfig(decode="fast"))
+    assert finer.shape == exact.shape
+    assert not np.array_equal(finer, fast) and not np.array_equal(finer, exact)
