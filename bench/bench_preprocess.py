@@ -395,7 +395,7 @@ def float_resize_crops(data: bytes, cfg: PreprocessConfig) -> np.ndarray:
     rounded to nearest once, instead of Pillow's 8-bit fixed-point resampler: the same
     filter, different rounding (a null change)."""
     with Image.open(io.BytesIO(data)) as im:
-        rgb = im.convert("RGB")
+        rgb = ImageOps.exif_transpose(im).convert("RGB")
     size = resized_size(*rgb.size, cfg.resize_short)
     filt = RESIZE_FILTERS[cfg.resize_filter]
     bands = [np.asarray(b.convert("F").resize(size, filt)) for b in rgb.split()]

@@ -4,10 +4,12 @@ reported beside the fast path."""
 from __future__ import annotations
 
 import importlib
+import io
 import sys
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 from conftest import ROOT, write_photo
 from PIL import Image
 
@@ -27,10 +29,18 @@ def _smooth_jpeg(width: int, height: int, seed: int) -> bytes:
     return _bench("bench_preprocess").jpeg_bytes(np.asarray(big))
 
 
-def test_float_resize_moves_pixels_by_rounding_only():
+@pytest.mark.parametrize("orientation", [1, 6])
+def test_float_resize_moves_pixels_by_rounding_only(orientation):
     bench = _bench("bench_preprocess")
     cfg = PreprocessConfig()
     data = _smooth_jpeg(1600, 1200, seed=0)
+    if orientation != 1:  # stored landscape, shown portrait: both paths must turn it
+        im = Image.open(io.BytesIO(data))
+        exif = im.getexif()
+        exif[0x0112] = orientation
+        buf = io.BytesIO()
+        im.save(buf, format="JPEG", quality=90, exif=exif.tobytes())
+        data = buf.getvalue()
     exact = preprocess_image(data, cfg).astype(np.int16)
     null = bench.float_resize_crops(data, cfg).astype(np.int16)
     assert null.shape == exact.shape
