@@ -379,9 +379,8 @@ def finer_crops(data: bytes, cfg: PreprocessConfig) -> np.ndarray | None:
         drafted = im.draft(None, (-(-w // finer), -(-h // finer)))
         im.load()
         size = resized_size(w, h, cfg.resize_short)
-        small = np.asarray(im.resize(size, Image.Resampling.BICUBIC, box=drafted[1]))
-    positions = crop_positions(size[1], size[0], cfg)
-    return extract_crops(small, positions, cfg.crop_size)
+        small = np.asarray(im.resize(size, RESIZE_FILTERS[cfg.resize_filter], box=drafted[1]))
+    return preprocess_image(small, cfg)  # already at its size: the crops only
 
 
 def jpeg_bytes(arr: np.ndarray, quality: int = 90) -> bytes:
@@ -400,7 +399,7 @@ def float_resize_crops(data: bytes, cfg: PreprocessConfig) -> np.ndarray:
     filt = RESIZE_FILTERS[cfg.resize_filter]
     bands = [np.asarray(b.convert("F").resize(size, filt)) for b in rgb.split()]
     small = np.clip(np.rint(np.stack(bands, -1)), 0, 255).astype(np.uint8)
-    return extract_crops(small, crop_positions(size[1], size[0], cfg), cfg.crop_size)
+    return preprocess_image(small, cfg)  # already at its size: the crops only
 
 
 # The null changes (--fidelity-nulls): the exact path on inputs or arithmetic that should not
